@@ -1,0 +1,142 @@
+"""How a user describes an endpoint, and the reference a lease carries.
+
+``Endpoint`` is configuration: frozen, validated once at construction so a
+bad value fails where it was written, not deep inside an actor.  ``EndpointRef``
+is what a granted lease exposes about where to send the call; one is made
+per (endpoint, model) pair and reused, so granting allocates nothing for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, final
+from urllib.parse import urlsplit
+
+import msgspec
+
+from lmgate._errors import InvalidParameter
+from lmgate.policies._limit import LimitPolicy
+from lmgate.policies._sample import OutcomeClass
+
+__all__ = ["KINDS", "Endpoint", "EndpointRef"]
+
+#: Server kinds lmgate knows; ``unknown`` until a probe or the user says.
+KINDS = ("ollama", "llamacpp", "vllm", "lmstudio", "tgi", "localai", "openai", "sim", "unknown")
+
+#: Maps an exception raised by a call to an outcome class, or None to fall
+#: back to the default classifier.
+Classifier = Callable[[BaseException], OutcomeClass | None]
+#: A health check: given the endpoint, returns True when it is serving.
+HealthCheck = Callable[["Endpoint"], Awaitable[bool]]
+
+_MAX_STR = 4096
+
+
+class _Named(msgspec.Struct, frozen=True):
+    name: str
+
+
+@final
+class Endpoint(_Named, frozen=True, kw_only=True):
+    """One model server (or cloud API) the scheduler may send requests to.
+
+    ``name`` identifies the endpoint in stats, events and across processes;
+    ``models`` lists what it serves.  ``limit`` overrides the scheduler's
+    limit policy for this endpoint.  ``api_key_env`` names the environment
+    variable holding its key -- the key itself is never stored here, so the
+    ``repr`` of an endpoint is safe to log.
+    """
+
+    url: str
+    models: tuple[str, ...] = ()
+    limit: LimitPolicy | None = None
+    kind: str = "unknown"
+    local: bool | None = None
+    api_key_env: str | None = None
+    api_key: Callable[[], str] | None = None
+    context_window: int | None = None
+    context_windows: Mapping[str, int] = msgspec.field(default_factory=dict)
+    classify: Classifier | None = None
+    health: HealthCheck | None = None
+    probe: bool = False
+    ports: tuple[int, ...] = ()
+    warmup: bool = False
+    connect_timeout: float = 5.0
+    read_timeout: float = 600.0
+    max_connections: int = 100
+
+    def __post_init__(self) -> None:
+        _check_str("name", self.name)
+        _check_str("url", self.url)
+        if self.url.startswith(("unix:", "http+unix:")):
+            pass
+        else:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise InvalidParameter(
+                    f"endpoint {self.name!r}: url must be http(s)://host[:port][/path],"
+                    f" got {self.url[:80]!r}",
+                    field="url",
+                )
+        models = self.models
+        if isinstance(models, str) or not isinstance(models, list | tuple):
+            raise InvalidParameter("models must be a list of model names", field="models")
+        for m in models:
+            _check_str("models[]", m)
+        if len(set(models)) != len(models):
+            raise InvalidParameter("models has duplicates", field="models")
+        msgspec.structs.force_setattr(self, "models", tuple(models))
+        if self.kind not in KINDS:
+            raise InvalidParameter(f"kind must be one of {KINDS}, got {self.kind!r}", field="kind")
+        if self.limit is not None and not hasattr(self.limit, "build"):
+            raise InvalidParameter("limit must be a policy config such as Fixed(8)", field="limit")
+        if self.context_window is not None and (
+            isinstance(self.context_window, bool)
+            or not isinstance(self.context_window, int)
+            or self.context_window < 1
+        ):
+            raise InvalidParameter("context_window must be a positive int", field="context_window")
+        for port in self.ports:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise InvalidParameter(f"bad port {port!r}", field="ports")
+        msgspec.structs.force_setattr(self, "ports", tuple(self.ports))
+        for field in ("connect_timeout", "read_timeout"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                0 < v < math.inf
+            ):
+                raise InvalidParameter(f"{field} must be a positive finite number", field=field)
+        if self.api_key_env is not None:
+            _check_str("api_key_env", self.api_key_env)
+
+    def window_for(self, model: str) -> int | None:
+        """The context window known for ``model`` here, if any."""
+        return self.context_windows.get(model, self.context_window)
+
+    def __repr__(self) -> str:
+        key = f", api_key_env={self.api_key_env!r}" if self.api_key_env else ""
+        return (
+            f"Endpoint({self.name!r}, url={self.url!r}, models={list(self.models)!r},"
+            f" kind={self.kind!r}{key})"
+        )
+
+
+def _check_str(field: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidParameter(f"{field} must be a non-empty string", field=field)
+    if len(value) > _MAX_STR:
+        raise InvalidParameter(f"{field} is longer than {_MAX_STR} characters", field=field)
+    if "\x00" in value:
+        raise InvalidParameter(f"{field} contains a null byte", field=field)
+
+
+@final
+class EndpointRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a granted lease's call goes: endpoint name, base URL, model, kind."""
+
+    name: str
+    url: str
+    model: str
+    kind: str = "unknown"
+    local: bool | None = None

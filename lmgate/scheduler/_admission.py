@@ -1,0 +1,368 @@
+"""Admission: who gets a slot on which endpoint, and when.
+
+``Admission`` holds the queue, the per-endpoint in-flight counts and limits,
+and the outcome counters.  Callers touch it only through short synchronous
+methods (submit, leave, finish) with no await between check and update, so
+on a single-threaded event loop each is atomic: a request that needs no
+waiting is granted without a task switch, and a release hands its slot to
+the next waiter before anyone else can look.  Everything that needs time or
+news from the endpoints -- limit changes, health, dispatch after either --
+runs in the controller actor (``AdmissionController``) that owns it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import final
+
+import anyio
+
+from lmgate._endpoint import Endpoint, EndpointRef
+from lmgate._errors import EndpointUnavailable, Rejected, SchedulerClosed
+from lmgate.policies._sample import OutcomeClass, Sample
+from lmgate.scheduler._lease import EventLike, Lease, Waiter
+from lmgate.scheduler._messages import EndpointMessage, Routing
+from lmgate.scheduler._outcomes import OUTCOMES, classify_error
+from lmgate.scheduler._queue import RequestQueue
+
+__all__ = ["Admission", "EndpointSlot"]
+
+_SERVICE_ALPHA = 0.1
+
+
+@final
+class EndpointSlot:
+    """Admission's record of one endpoint (mutated only by ``Admission``)."""
+
+    __slots__ = (
+        "dropped_samples",
+        "endpoint",
+        "feedback",
+        "in_flight",
+        "index",
+        "limit",
+        "models",
+        "peak_in_flight",
+        "refs",
+        "routing",
+        "service_time",
+        "state",
+        "throttle",
+        "trials",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        endpoint: Endpoint,
+        limit: int,
+        feedback: anyio.abc.ObjectSendStream[EndpointMessage] | None,
+    ) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.limit = limit
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.models = endpoint.models
+        self.refs = {
+            m: EndpointRef(
+                name=endpoint.name, url=endpoint.url, model=m, kind=endpoint.kind,
+                local=endpoint.local,
+            )
+            for m in endpoint.models
+        }
+        self.routing: Routing = "up"
+        self.state = "healthy"
+        self.trials: int | None = None
+        self.service_time: float | None = None
+        self.feedback = feedback
+        self.dropped_samples = 0
+        # Optional client-side throttle: returns True to refuse a request now.
+        self.throttle: Callable[[float], bool] | None = None
+
+    @property
+    def effective_limit(self) -> int:
+        return self.limit if self.trials is None else min(self.limit, self.trials)
+
+    def has_room(self) -> bool:
+        return self.routing == "up" and self.in_flight < self.effective_limit
+
+
+@final
+class Admission:
+    """The synchronous core the controller actor owns; see the module doc."""
+
+    def __init__(
+        self,
+        slots: list[EndpointSlot],
+        *,
+        queue_size: int,
+        aging: float,
+        clock: Callable[[], float] = anyio.current_time,
+        new_event: Callable[[], EventLike] = anyio.Event,
+    ) -> None:
+        self.slots = slots
+        #: The event loop's own clock and event type, bound once: looking
+        #: the backend up on every call costs more than the rest of a grant.
+        self.clock = clock
+        self.new_event = new_event
+        self.queue = RequestQueue()
+        self.queue_size = queue_size
+        self.aging = aging
+        self.by_model: dict[str, tuple[EndpointSlot, ...]] = {}
+        for slot in slots:
+            for m in slot.models:
+                self.by_model[m] = (*self.by_model.get(m, ()), slot)
+        self.submitted = 0
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.queued = 0
+        self.in_flight = 0
+        self.peak_queued = 0
+        self.closed = False
+        self.live: set[Lease] = set()
+        self._drained: anyio.Event | None = None
+        self.on_finish: Callable[[Lease, str, OutcomeClass, float], None] | None = None
+        #: Gives a cross-process slot back (set when a coordinator is used).
+        self.on_release: Callable[[Lease], None] | None = None
+
+    # -- caller side ---------------------------------------------------------------
+
+    def submit(self, model: str, priority: int, deadline: float, now: float) -> Lease | Waiter:
+        """Count a request and grant it now, or queue it, or refuse it."""
+        self.submitted += 1
+        if self.closed:
+            self.outcomes["closed"] += 1
+            raise SchedulerClosed("the scheduler is closed")
+        slots = self.by_model.get(model)
+        if slots is None:
+            self.outcomes["unavailable"] += 1
+            raise EndpointUnavailable(f"no endpoint serves model {model!r}")
+        if not self.queue.waiting(model):
+            slot = self._pick(slots, now)
+            if slot is not None:
+                return self._grant(slot, model, priority, deadline, now, now)
+        if all(s.routing == "down" for s in slots):
+            self.outcomes["unavailable"] += 1
+            raise EndpointUnavailable(f"every endpoint serving {model!r} is down")
+        if self.queued >= self.queue_size:
+            self.outcomes["rejected"] += 1
+            raise Rejected(f"queue full ({self.queue_size} waiting)", reason="queue_full")
+        if deadline != math.inf:
+            wait = self.predicted_wait(model, priority)
+            if now + wait > deadline:
+                self.outcomes["rejected"] += 1
+                raise Rejected(
+                    f"predicted wait {wait:.3f}s exceeds the {deadline - now:.3f}s left",
+                    reason="deadline",
+                )
+        waiter = Waiter(model, priority, deadline, now, self.new_event())
+        self.queue.push(waiter, now + priority * self.aging)
+        self.queued += 1
+        if self.queued > self.peak_queued:
+            self.peak_queued = self.queued
+        return waiter
+
+    def predicted_wait(self, model: str, priority: int) -> float:
+        """Expected queueing time for a new request, from observed service times.
+
+        ``(ahead + 1) / capacity * service``: the requests ahead of it drain
+        through every routable slot of the model at the observed pace.  With
+        no observation yet it predicts zero, so nothing is refused on a guess.
+        """
+        capacity = 0
+        service = 0.0
+        for s in self.by_model[model]:
+            if s.routing != "down" and s.service_time is not None:
+                capacity += s.effective_limit
+                service = max(service, s.service_time)
+        if capacity == 0:
+            return 0.0
+        ahead = self.queue.ahead_of(model, priority)
+        return (ahead + 1) / capacity * service
+
+    def leave(self, waiter: Waiter, outcome: str) -> None:
+        """The caller stopped waiting (deadline or cancellation)."""
+        if waiter.lease is not None:
+            # Granted in the same instant the caller gave up: give it back.
+            self.finish(waiter.lease, None, outcome=("cancelled"), result=outcome)
+            waiter.lease = None
+        elif waiter.queued:
+            waiter.queued = False
+            self.queue.discard(waiter)
+            self.queued -= 1
+            self.outcomes[outcome] += 1
+
+    def finish(
+        self,
+        lease: Lease,
+        error: BaseException | None,
+        *,
+        outcome: OutcomeClass | None = None,
+        result: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Release ``lease``: count its outcome, feed back, hand the slot on."""
+        if lease._released:
+            return
+        lease._released = True
+        now = self.clock()
+        slot = lease._slot
+        slot.in_flight -= 1
+        self.in_flight -= 1
+        self.live.discard(lease)
+        if error is not None and outcome is None:
+            outcome, retry_after = classify_error(error, slot.endpoint.classify)
+        elif outcome is None:
+            outcome = "success"
+        if result is None:
+            result = "completed" if error is None else "failed"
+            if outcome == "cancelled":
+                result = "cancelled"
+        self.outcomes[result] += 1
+        duration = now - lease.granted_at
+        if outcome == "success":
+            prev = slot.service_time
+            slot.service_time = (
+                duration if prev is None else prev + _SERVICE_ALPHA * (duration - prev)
+            )
+        if slot.feedback is not None:
+            sample = Sample(
+                start=lease.granted_at,
+                duration=duration,
+                in_flight=lease.in_flight_at_grant,
+                outcome=outcome,
+                ttft=lease._ttft,
+                prompt_tokens=lease._prompt_tokens,
+                output_tokens=lease._output_tokens,
+                retry_after=retry_after,
+            )
+            try:
+                slot.feedback.send_nowait(sample)
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                slot.dropped_samples += 1
+        if lease._coordinated and self.on_release is not None:
+            self.on_release(lease)
+        if self.on_finish is not None:
+            self.on_finish(lease, result, outcome, now)
+        if self.queued and slot.routing == "up":
+            self._hand_over(slot, now)
+        if self.closed and self.in_flight == 0 and self._drained is not None:
+            self._drained.set()
+
+    # -- controller side --------------------------------------------------------------
+
+    def set_limit(self, index: int, limit: int, now: float) -> None:
+        self.slots[index].limit = max(1, limit)
+
+    def set_state(
+        self, index: int, routing: Routing, state: str, trials: int | None, now: float
+    ) -> None:
+        slot = self.slots[index]
+        slot.routing = routing
+        slot.state = state
+        slot.trials = trials
+
+    def dispatch(self, now: float) -> None:
+        """Grant queued requests to endpoints with room; fail the unroutable."""
+        if not self.queued:
+            return
+        while True:
+            best: tuple[tuple[float, int], Waiter, EndpointSlot] | None = None
+            for model in list(self.queue.models_waiting()):
+                slot = self._pick(self.by_model[model], now)
+                if slot is None:
+                    continue
+                head = self.queue.peek(model)
+                if head is not None and (best is None or head[:2] < best[0]):
+                    best = (head[:2], head[2], slot)
+            if best is None:
+                break
+            _, waiter, slot = best
+            self.queue.pop(waiter.model)
+            self._give(waiter, slot, now)
+        for model in list(self.queue.models_waiting()):
+            if all(s.routing == "down" for s in self.by_model[model]):
+                while (w := self.queue.pop(model)) is not None:
+                    self._refuse(
+                        w,
+                        EndpointUnavailable(f"every endpoint serving {model!r} is down"),
+                        "unavailable",
+                    )
+
+    def close(self) -> None:
+        """Admit nothing more; end every queued request with ``SchedulerClosed``."""
+        self.closed = True
+        for w in self.queue.drain():
+            self._refuse(w, SchedulerClosed("the scheduler closed"), "closed")
+
+    def drained_event(self) -> anyio.Event:
+        """Set once the scheduler is closed and nothing is in flight."""
+        if self._drained is None:
+            self._drained = anyio.Event()
+        if self.closed and self.in_flight == 0:
+            self._drained.set()
+        return self._drained
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _pick(self, slots: tuple[EndpointSlot, ...], now: float) -> EndpointSlot | None:
+        """The least loaded endpoint (relative to its limit) with room."""
+        best: EndpointSlot | None = None
+        best_load = 2.0
+        for s in slots:
+            if s.routing != "up":
+                continue
+            limit = s.effective_limit
+            if s.in_flight >= limit:
+                continue
+            if s.throttle is not None and s.throttle(now):
+                continue
+            load = s.in_flight / limit
+            if load < best_load:
+                best, best_load = s, load
+        return best
+
+    def _grant(
+        self,
+        slot: EndpointSlot,
+        model: str,
+        priority: int,
+        deadline: float,
+        now: float,
+        submitted_at: float,
+    ) -> Lease:
+        slot.in_flight += 1
+        if slot.in_flight > slot.peak_in_flight:
+            slot.peak_in_flight = slot.in_flight
+        self.in_flight += 1
+        lease = Lease(
+            self, slot, slot.refs[model], priority, deadline, now, slot.in_flight,
+            now - submitted_at,
+        )
+        self.live.add(lease)
+        return lease
+
+    def _give(self, waiter: Waiter, slot: EndpointSlot, now: float) -> None:
+        waiter.queued = False
+        self.queued -= 1
+        waiter.lease = self._grant(
+            slot, waiter.model, waiter.priority, waiter.deadline, now, waiter.enqueued_at
+        )
+        waiter.event.set()
+
+    def _refuse(self, waiter: Waiter, error: BaseException, outcome: str) -> None:
+        waiter.queued = False
+        self.queued -= 1
+        self.outcomes[outcome] += 1
+        waiter.error = error
+        waiter.event.set()
+
+    def _hand_over(self, slot: EndpointSlot, now: float) -> None:
+        while slot.in_flight < slot.effective_limit:
+            if slot.throttle is not None and slot.throttle(now):
+                return
+            waiter = self.queue.best_of(slot.models)
+            if waiter is None:
+                return
+            self._give(waiter, slot, now)

@@ -1,0 +1,77 @@
+"""The seam between a scheduler and a cross-process coordinator.
+
+By default a scheduler coordinates nothing beyond its own process.  A
+coordinator (``lmgate.coordination.Redis``) adds a second gate: after local
+admission grants a lease, the lease must also hold one of the endpoint's
+*shared* slots, taken within the same deadline and given back, without
+blocking, when the lease is released.  The coordinator runs as an actor in
+the scheduler's task group and may adjust local limits through its handle.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, final, runtime_checkable
+
+import anyio.abc
+
+from lmgate._endpoint import Endpoint
+from lmgate._events import Event
+from lmgate.scheduler._lease import Lease
+from lmgate.scheduler._messages import ControllerMessage, LimitChanged
+
+if TYPE_CHECKING:
+    from lmgate.scheduler._scheduler import Scheduler
+
+__all__ = ["Coordinator", "CoordinatorHandle"]
+
+
+@runtime_checkable
+class Coordinator(Protocol):
+    async def run(
+        self,
+        handle: CoordinatorHandle,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the scheduler until cancelled (started with ``tg.start``)."""
+        ...
+
+    async def acquire(self, lease: Lease) -> None:
+        """Wait for a shared slot of ``lease.endpoint.name``; raise to refuse."""
+        ...
+
+    def release(self, lease: Lease) -> None:
+        """Give the shared slot back; must not block."""
+        ...
+
+
+@final
+class CoordinatorHandle:
+    """What a coordinator may see and do inside the scheduler."""
+
+    def __init__(
+        self, sched: Scheduler, controller: anyio.abc.ObjectSendStream[ControllerMessage]
+    ) -> None:
+        self._sched = sched
+        self._controller = controller
+        self._index = {ep.name: i for i, ep in enumerate(sched.endpoints)}
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self._sched.endpoints
+
+    def local_limit(self, name: str) -> int:
+        return self._sched._admission.slots[self._index[name]].limit
+
+    def local_in_flight(self, name: str) -> int:
+        return self._sched._admission.slots[self._index[name]].in_flight
+
+    async def set_local_limit(self, name: str, limit: int) -> None:
+        """Change this process's limit for an endpoint (e.g. a fallback share)."""
+        await self._controller.send(LimitChanged(self._index[name], max(1, int(limit))))
+
+    def publish(self, event: Event) -> None:
+        self._sched.events.publish(event)
+
+    def __repr__(self) -> str:
+        return f"<CoordinatorHandle endpoints={list(self._index)}>"

@@ -1,0 +1,179 @@
+"""A granted slot (``Lease``) and a request waiting for one (``Waiter``).
+
+A lease is the caller's proof that an endpoint slot is theirs until they
+release it.  Release is synchronous and idempotent: every exit path of
+``run()`` and ``lease()`` -- return, raise, deadline, cancellation, scheduler
+close -- calls it, and no path can block in it, so a slot cannot leak.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Protocol, final
+
+import anyio
+
+from lmgate._endpoint import EndpointRef
+from lmgate._errors import InvalidParameter
+from lmgate.policies._sample import OutcomeClass
+
+if TYPE_CHECKING:
+    from lmgate.scheduler._admission import Admission, EndpointSlot
+
+__all__ = ["EventLike", "Lease", "Waiter"]
+
+
+class EventLike(Protocol):
+    """The part of ``anyio.Event`` (and of the backends' own events) used here."""
+
+    def set(self) -> None: ...
+
+    async def wait(self) -> Any: ...
+
+
+@final
+class Lease:
+    """A slot on one endpoint, held by the caller for one call (or a stream).
+
+    ``endpoint`` says where to send the call, ``deadline`` (absolute, on the
+    ``anyio.current_time()`` clock; ``math.inf`` without timeout) when the
+    whole request must be done.  ``report()`` adds what only the caller knows
+    -- time to first token and token counts -- to the feedback the limit
+    policy learns from.
+    """
+
+    __slots__ = (
+        "_admission",
+        "_coordinated",
+        "_output_tokens",
+        "_prompt_tokens",
+        "_released",
+        "_revoked",
+        "_scope",
+        "_slot",
+        "_ttft",
+        "deadline",
+        "endpoint",
+        "granted_at",
+        "in_flight_at_grant",
+        "priority",
+        "queued_for",
+    )
+
+    def __init__(
+        self,
+        admission: Admission,
+        slot: EndpointSlot,
+        endpoint: EndpointRef,
+        priority: int,
+        deadline: float,
+        granted_at: float,
+        in_flight: int,
+        queued_for: float,
+    ) -> None:
+        self._admission = admission
+        self._slot = slot
+        self.endpoint = endpoint
+        self.priority = priority
+        self.deadline = deadline
+        self.granted_at = granted_at
+        self.in_flight_at_grant = in_flight
+        self.queued_for = queued_for
+        self._released = False
+        self._coordinated = False
+        self._revoked = False
+        self._scope: anyio.CancelScope | None = None
+        self._ttft: float | None = None
+        self._prompt_tokens: int | None = None
+        self._output_tokens: int | None = None
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (``inf`` without one)."""
+        if self.deadline == math.inf:
+            return math.inf
+        return max(0.0, self.deadline - anyio.current_time())
+
+    def report(
+        self,
+        *,
+        ttft: float | None = None,
+        prompt_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        """Record time to first token (seconds) and token counts for feedback."""
+        if ttft is not None:
+            if isinstance(ttft, bool) or not isinstance(ttft, int | float) or not (
+                0.0 <= ttft < math.inf
+            ):
+                raise InvalidParameter("ttft must be a finite number >= 0", field="ttft")
+            self._ttft = float(ttft)
+        if prompt_tokens is not None:
+            self._prompt_tokens = _check_tokens("prompt_tokens", prompt_tokens)
+        if output_tokens is not None:
+            self._output_tokens = _check_tokens("output_tokens", output_tokens)
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(
+        self, error: BaseException | None = None, *, outcome: OutcomeClass | None = None
+    ) -> None:
+        """Give the slot back; for leases taken with ``Scheduler.acquire()``.
+
+        ``error`` is what the call raised, if anything; it is classified like
+        in ``run()``.  Releasing twice is harmless.
+        """
+        if self._released:
+            return
+        self._admission.finish(self, error, outcome=outcome)
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return (
+            f"<Lease {self.endpoint.name}/{self.endpoint.model} priority={self.priority}"
+            f" {state}>"
+        )
+
+
+def _check_tokens(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**40:
+        raise InvalidParameter(f"{name} must be a non-negative int", field=name)
+    return value
+
+
+@final
+class Waiter:
+    """A request in the queue: the caller's task sleeps on ``event``.
+
+    Exactly one of three things ends a wait: the controller sets ``lease``
+    (granted), sets ``error`` (refused while queued, e.g. scheduler closed),
+    or the caller leaves (deadline or cancellation).  ``queued`` is true only
+    while it is in the queue, which is what makes lazy deletion safe.
+    """
+
+    __slots__ = (
+        "deadline",
+        "enqueued_at",
+        "error",
+        "event",
+        "lease",
+        "model",
+        "priority",
+        "queued",
+    )
+
+    def __init__(
+        self, model: str, priority: int, deadline: float, now: float, event: EventLike
+    ) -> None:
+        self.model = model
+        self.priority = priority
+        self.deadline = deadline
+        self.enqueued_at = now
+        self.event = event
+        self.lease: Lease | None = None
+        self.error: BaseException | None = None
+        self.queued = True
+
+    def __repr__(self) -> str:
+        return f"<Waiter {self.model} priority={self.priority} queued={self.queued}>"

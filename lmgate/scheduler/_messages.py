@@ -1,0 +1,67 @@
+"""Messages between the actors: frozen, tagged msgspec Structs.
+
+Endpoint actors tell the admission controller what changed about their
+endpoint; leases tell endpoint actors how a call went (a ``Sample``, sent
+without waiting).  Nothing else crosses between actors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, final
+
+import msgspec
+
+from lmgate.policies._sample import Sample
+
+__all__ = [
+    "ControllerMessage",
+    "EndpointMessage",
+    "Kick",
+    "LimitChanged",
+    "ProbeResult",
+    "Routing",
+    "StateChanged",
+    "Tick",
+]
+
+#: How admission may use an endpoint: ``up`` routes to it; ``held`` keeps
+#: its requests queued (loading a model, waiting out Retry-After); ``down``
+#: routes nothing to it and fails requests that have no other endpoint.
+Routing = Literal["up", "held", "down"]
+
+
+@final
+class LimitChanged(msgspec.Struct, frozen=True, tag=True):
+    endpoint: int
+    limit: int
+
+
+@final
+class StateChanged(msgspec.Struct, frozen=True, tag=True):
+    endpoint: int
+    routing: Routing
+    state: str
+    #: While half-open, how many trial requests may be in flight at once.
+    trials: int | None = None
+
+
+@final
+class Kick(msgspec.Struct, frozen=True, tag=True):
+    """Re-run dispatch (e.g. a hold time elapsed)."""
+
+
+ControllerMessage = LimitChanged | StateChanged | Kick
+
+
+@final
+class Tick(msgspec.Struct, frozen=True, tag=True):
+    """Time passed: let time-driven policies run."""
+
+
+@final
+class ProbeResult(msgspec.Struct, frozen=True, tag=True):
+    ok: bool
+    detail: str = ""
+
+
+EndpointMessage = Sample | Tick | ProbeResult

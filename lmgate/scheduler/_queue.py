@@ -1,0 +1,132 @@
+"""The admission queue: priority first, FIFO within a priority, with aging.
+
+Each waiter gets a static rank ``enqueued_at + priority * aging`` when it
+joins.  Ordering by that rank serves lower priority numbers first while
+their head start lasts, keeps FIFO among equals, and lets a low-priority
+request that has waited ``aging`` seconds per level overtake fresh arrivals,
+so nothing starves.  Because the rank never changes, a plain binary heap per
+model suffices; cancelled waiters are deleted lazily and the heap is
+compacted when dead entries pile up, keeping memory bounded by the queue
+size.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, final
+
+if TYPE_CHECKING:
+    from lmgate.scheduler._lease import Waiter
+
+__all__ = ["RequestQueue"]
+
+
+@final
+class RequestQueue:
+    """Per-model heaps of waiters ordered by (rank, arrival sequence)."""
+
+    __slots__ = ("_by_priority", "_heaps", "_live", "_seq")
+
+    def __init__(self) -> None:
+        self._heaps: dict[str, list[tuple[float, int, Waiter]]] = {}
+        self._live: dict[str, int] = {}
+        # model -> priority -> live count, to predict waits without a scan
+        self._by_priority: dict[str, dict[int, int]] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return sum(self._live.values())
+
+    def waiting(self, model: str) -> int:
+        """Live waiters for ``model``."""
+        return self._live.get(model, 0)
+
+    def ahead_of(self, model: str, priority: int) -> int:
+        """Live waiters for ``model`` at the same or a more urgent priority."""
+        counts = self._by_priority.get(model)
+        if not counts:
+            return 0
+        return sum(n for p, n in counts.items() if p <= priority)
+
+    def push(self, waiter: Waiter, rank: float) -> None:
+        model = waiter.model
+        self._seq += 1
+        heap = self._heaps.setdefault(model, [])
+        heapq.heappush(heap, (rank, self._seq, waiter))
+        self._live[model] = self._live.get(model, 0) + 1
+        counts = self._by_priority.setdefault(model, {})
+        counts[waiter.priority] = counts.get(waiter.priority, 0) + 1
+
+    def discard(self, waiter: Waiter) -> None:
+        """Forget a waiter that left; its heap entry is dropped lazily."""
+        model = waiter.model
+        self._live[model] -= 1
+        self._uncount(model, waiter.priority)
+        heap = self._heaps[model]
+        if len(heap) > 2 * self._live[model] + 64:
+            self._heaps[model] = [e for e in heap if e[2].queued]
+            heapq.heapify(self._heaps[model])
+
+    def _uncount(self, model: str, priority: int) -> None:
+        counts = self._by_priority[model]
+        n = counts[priority] - 1
+        if n:
+            counts[priority] = n
+        else:
+            del counts[priority]
+
+    def _head(self, model: str) -> tuple[float, int, Waiter] | None:
+        heap = self._heaps.get(model)
+        while heap:
+            entry = heap[0]
+            if entry[2].queued:
+                return entry
+            heapq.heappop(heap)
+        return None
+
+    def peek(self, model: str) -> tuple[float, int, Waiter] | None:
+        """The most urgent live entry for ``model`` without removing it."""
+        if not self._live.get(model):
+            return None
+        return self._head(model)
+
+    def best_of(self, models: Iterable[str]) -> Waiter | None:
+        """Pop the most urgent live waiter across ``models``."""
+        best: tuple[float, int, Waiter] | None = None
+        for model in models:
+            if not self._live.get(model):
+                continue
+            head = self._head(model)
+            if head is not None and (best is None or head[:2] < best[:2]):
+                best = head
+        if best is None:
+            return None
+        return self.pop(best[2].model)
+
+    def pop(self, model: str) -> Waiter | None:
+        """Remove and return the most urgent live waiter for ``model``."""
+        head = self._head(model)
+        if head is None:
+            return None
+        heapq.heappop(self._heaps[model])
+        waiter = head[2]
+        self._live[model] -= 1
+        self._uncount(model, waiter.priority)
+        return waiter
+
+    def models_waiting(self) -> Iterator[str]:
+        return (m for m, n in self._live.items() if n)
+
+    def drain(self) -> list[Waiter]:
+        """Remove every live waiter, most urgent first."""
+        out: list[Waiter] = []
+        for model in list(self._heaps):
+            while (w := self.pop(model)) is not None:
+                out.append(w)
+        self._heaps.clear()
+        return out
+
+    def heap_entries(self) -> int:
+        """Heap entries including lazily-deleted ones (for memory checks)."""
+        return sum(len(h) for h in self._heaps.values())

@@ -1,0 +1,428 @@
+"""The ``Scheduler``: the facade users hold, and the owner of every actor.
+
+It validates arguments (bad input changes nothing), turns ``timeout=`` into
+one absolute deadline, runs the call in the caller's own task under its
+lease, and on every exit path gives the lease back.  Closing stops
+admission, lets in-flight work finish within ``grace`` seconds, cancels what
+is left, and returns only when no actor task remains.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, final
+
+import anyio
+import anyio.abc
+import sniffio
+
+from lmgate._endpoint import Endpoint
+from lmgate._errors import DeadlineExceeded, InvalidParameter, LmgateError, SchedulerClosed
+from lmgate._events import EventHub
+from lmgate.actors._endpoint import EndpointActor
+from lmgate.policies._limit import Fixed, LimitPolicy, check_float, check_int
+from lmgate.scheduler._admission import Admission, EndpointSlot
+from lmgate.scheduler._controller import AdmissionController
+from lmgate.scheduler._coordinator import Coordinator, CoordinatorHandle
+from lmgate.scheduler._lease import EventLike, Lease, Waiter
+from lmgate.scheduler._messages import ControllerMessage, EndpointMessage
+from lmgate.scheduler._stats import EndpointStats, Stats
+
+__all__ = ["Scheduler"]
+
+T = TypeVar("T")
+_MAX_PRIORITY = 1_000_000
+
+
+@final
+class Scheduler:
+    """Admission control and routing for calls to language-model endpoints.
+
+    Use it as an async context manager; nothing runs before ``__aenter__``
+    and nothing survives ``__aexit__``.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        limit: LimitPolicy | None = None,
+        queue_size: int = 1024,
+        aging: float = 10.0,
+        grace: float = 5.0,
+        tick_interval: float = 1.0,
+        mailbox_size: int = 4096,
+        coordinator: Coordinator | None = None,
+    ) -> None:
+        if isinstance(endpoints, Endpoint) or not isinstance(endpoints, Sequence):
+            raise InvalidParameter("endpoints must be a list of Endpoint", field="endpoints")
+        if not endpoints:
+            raise InvalidParameter("at least one endpoint is required", field="endpoints")
+        names: set[str] = set()
+        for ep in endpoints:
+            if not isinstance(ep, Endpoint):
+                raise InvalidParameter(
+                    f"endpoints must hold Endpoint, got {type(ep).__name__}", field="endpoints"
+                )
+            if ep.name in names:
+                raise InvalidParameter(f"duplicate endpoint name {ep.name!r}", field="endpoints")
+            names.add(ep.name)
+        if limit is None:
+            limit = _default_limit()
+        if not hasattr(limit, "build"):
+            raise InvalidParameter("limit must be a policy config such as Fixed(8)", field="limit")
+        self._endpoints = tuple(endpoints)
+        self._limit_policy = limit
+        self._queue_size = check_int("queue_size", queue_size, low=0, high=10_000_000)
+        self._aging = check_float("aging", aging, low=0.0)
+        self._grace = check_float("grace", grace, low=0.0)
+        self._tick = check_float("tick_interval", tick_interval, low=0.0, low_open=True)
+        self._mailbox = check_int("mailbox_size", mailbox_size, low=1)
+        self.events = EventHub()
+        self._coordinator = coordinator
+        slots = []
+        self._limit_states = []
+        for i, ep in enumerate(self._endpoints):
+            state = (ep.limit or limit).build()
+            self._limit_states.append(state)
+            slots.append(EndpointSlot(i, ep, state.limit, None))
+        self._admission = Admission(slots, queue_size=self._queue_size, aging=self._aging)
+        self._actors: list[EndpointActor] = []
+        self._controller: AdmissionController | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._running = False
+        self._entered = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Scheduler:
+        if self._entered:
+            raise SchedulerClosed("a Scheduler can be entered once")
+        self._entered = True
+        self._admission.clock, self._admission.new_event = _backend_primitives()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            csend, crecv = anyio.create_memory_object_stream[ControllerMessage](self._mailbox)
+            self._controller = AdmissionController(self._admission, crecv)
+            await tg.start(self._controller.run)
+            for slot, state in zip(self._admission.slots, self._limit_states, strict=True):
+                esend, erecv = anyio.create_memory_object_stream[EndpointMessage](self._mailbox)
+                slot.feedback = esend
+                actor = EndpointActor(
+                    slot.index, slot.endpoint, state, csend.clone(), erecv, esend.clone(),
+                    self.events, tick_interval=self._tick,
+                )
+                self._actors.append(actor)
+                await tg.start(actor.run)
+            if self._coordinator is not None:
+                self._admission.on_release = self._coordinator.release
+                await tg.start(self._coordinator.run, CoordinatorHandle(self, csend.clone()))
+            csend.close()
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._running = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self._shutdown()
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    async def _shutdown(self) -> None:
+        adm = self._admission
+        self._running = False
+        adm.close()
+        with anyio.CancelScope(shield=True):
+            if adm.in_flight:
+                with anyio.move_on_after(self._grace):
+                    await adm.drained_event().wait()
+            if adm.in_flight:
+                for lease in list(adm.live):
+                    lease._revoked = True
+                    if lease._scope is not None:
+                        lease._scope.cancel()
+                    else:
+                        adm.finish(lease, None, outcome="cancelled", result="closed")
+                with anyio.move_on_after(1.0):
+                    await adm.drained_event().wait()
+                for lease in list(adm.live):  # calls that shield themselves from cancel
+                    adm.finish(lease, None, outcome="cancelled", result="closed")
+        for slot in adm.slots:
+            if slot.feedback is not None:
+                slot.feedback.close()
+        self.events.close()
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        call: Callable[[Lease], Awaitable[T]],
+        *,
+        model: str,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> T:
+        """Run ``await call(lease)`` on an endpoint serving ``model``.
+
+        Waits for a slot (lower ``priority`` first), then runs the call in
+        this task.  ``timeout`` (seconds from now) bounds queueing and the
+        call together.
+        """
+        if not callable(call):
+            raise InvalidParameter("call must be an async callable taking the lease", field="call")
+        lease = await self.acquire(model=model, priority=priority, timeout=timeout)
+        scope = anyio.CancelScope(deadline=lease.deadline)
+        lease._scope = scope
+        try:
+            with scope:
+                result = await call(lease)
+        except BaseException as exc:
+            replacement = self._after_error(lease, exc, scope)
+            if replacement is None:
+                raise
+            raise replacement from exc
+        if scope.cancelled_caught:
+            raise self._interrupted(lease)
+        self._admission.finish(lease, None)
+        return result
+
+    def lease(
+        self, *, model: str, priority: int = 0, timeout: float | None = None
+    ) -> _LeaseContext:
+        """``async with sched.lease(model=...) as lease:`` -- hold a slot for a block.
+
+        The block runs under the request's deadline; leaving it, by any
+        path, releases the slot.
+        """
+        return _LeaseContext(self, model, priority, timeout)
+
+    async def acquire(
+        self, *, model: str, priority: int = 0, timeout: float | None = None
+    ) -> Lease:
+        """Wait for a lease that the caller must ``release()`` itself.
+
+        For work whose release happens in another task or callback (a
+        response stream closed later); ``run()`` and ``lease()`` are safer.
+        The deadline is not enforced on the work: check ``lease.remaining()``.
+        """
+        deadline = self._deadline(model, priority, timeout)
+        if type(model) is not str:
+            model = str.__str__(model)
+        adm = self._admission
+        got = adm.submit(model, priority, deadline, adm.clock())
+        lease = got if type(got) is Lease else await self._wait(got)  # type: ignore[arg-type]
+        if self._coordinator is not None:
+            await self._coordinate(lease)
+        return lease
+
+    async def _coordinate(self, lease: Lease) -> None:
+        """Take the shared (cross-process) slot too, within the same deadline."""
+        assert self._coordinator is not None
+        adm = self._admission
+        try:
+            with anyio.CancelScope(deadline=lease.deadline) as scope:
+                await self._coordinator.acquire(lease)
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            result = "cancelled" if cancelled else ("rejected" if isinstance(exc, LmgateError) else "failed")
+            adm.finish(lease, None, outcome="cancelled", result=result)
+            raise
+        if scope.cancelled_caught:
+            adm.finish(lease, None, outcome="cancelled", result="deadline_exceeded")
+            raise DeadlineExceeded("no shared slot before the deadline")
+        lease._coordinated = True
+
+    def _deadline(self, model: object, priority: object, timeout: object) -> float:
+        if not self._running:
+            raise SchedulerClosed("the scheduler is not running (use `async with`)")
+        if not isinstance(model, str) or not model or len(model) > 4096 or "\x00" in model:
+            raise InvalidParameter("model must be a non-empty string without NUL", field="model")
+        if type(priority) is not int or not -_MAX_PRIORITY <= priority <= _MAX_PRIORITY:
+            raise InvalidParameter(
+                f"priority must be an int in [-{_MAX_PRIORITY}, {_MAX_PRIORITY}]", field="priority"
+            )
+        if timeout is None:
+            return math.inf
+        if type(timeout) not in (int, float) or timeout != timeout or timeout < 0:  # type: ignore[operator]
+            raise InvalidParameter("timeout must be None or a number >= 0", field="timeout")
+        if timeout == math.inf:
+            return math.inf
+        return self._admission.clock() + float(timeout)  # type: ignore[arg-type]
+
+    async def _wait(self, waiter: Waiter) -> Lease:
+        adm = self._admission
+        try:
+            if waiter.deadline == math.inf:
+                await waiter.event.wait()
+            else:
+                with anyio.CancelScope(deadline=waiter.deadline):
+                    await waiter.event.wait()
+        except BaseException:
+            adm.leave(waiter, "cancelled")
+            raise
+        if waiter.lease is not None:
+            return waiter.lease
+        if waiter.error is not None:
+            raise waiter.error
+        adm.leave(waiter, "deadline_exceeded")
+        raise DeadlineExceeded(f"no slot for {waiter.model!r} before the deadline")
+
+    def _after_error(
+        self, lease: Lease, exc: BaseException, scope: anyio.CancelScope
+    ) -> BaseException | None:
+        """Release after the call raised; return an error to raise instead, if any."""
+        adm = self._admission
+        if lease._revoked:
+            adm.finish(lease, None, outcome="cancelled", result="closed")
+            return SchedulerClosed("the scheduler closed while the call ran")
+        if scope.cancel_called and not lease._released:
+            # Our deadline interrupted the call and the call turned the
+            # cancellation into its own error.
+            adm.finish(lease, None, outcome="timeout", result="deadline_exceeded")
+            return DeadlineExceeded(f"deadline passed during the call on {lease.endpoint.name}")
+        adm.finish(lease, exc)
+        return None
+
+    def _interrupted(self, lease: Lease) -> BaseException:
+        adm = self._admission
+        if lease._revoked:
+            adm.finish(lease, None, outcome="cancelled", result="closed")
+            return SchedulerClosed("the scheduler closed while the call ran")
+        adm.finish(lease, None, outcome="timeout", result="deadline_exceeded")
+        return DeadlineExceeded(f"deadline passed during the call on {lease.endpoint.name}")
+
+    # -- introspection ----------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self._endpoints
+
+    def stats(self) -> Stats:
+        """A consistent snapshot of queue, in-flight, limits, states and outcomes."""
+        adm = self._admission
+        eps = []
+        for slot, state in zip(adm.slots, self._limit_states, strict=True):
+            actor = self._actors[slot.index] if slot.index < len(self._actors) else None
+            a = actor.statistics() if actor is not None else None
+            eps.append(
+                EndpointStats(
+                    name=slot.endpoint.name,
+                    url=slot.endpoint.url,
+                    kind=slot.endpoint.kind,
+                    models=slot.models,
+                    state=slot.state,
+                    routing=slot.routing,
+                    limit=slot.limit,
+                    in_flight=slot.in_flight,
+                    peak_in_flight=slot.peak_in_flight,
+                    service_time=slot.service_time,
+                    latency_ewma=a.latency_ewma if a else None,
+                    ttft_ewma=a.ttft_ewma if a else None,
+                    samples=a.samples if a else 0,
+                    by_class=a.by_class if a else {},
+                    dropped_samples=slot.dropped_samples,
+                    policy=state.statistics(),
+                )
+            )
+        return Stats(
+            submitted=adm.submitted,
+            outcomes=dict(adm.outcomes),
+            queued=adm.queued,
+            in_flight=adm.in_flight,
+            peak_queued=adm.peak_queued,
+            queue_size=adm.queue_size,
+            closed=adm.closed,
+            endpoints=tuple(eps),
+            events=self.events.statistics(),
+        )
+
+    def __repr__(self) -> str:
+        adm = self._admission
+        state = "running" if self._running else ("closed" if adm.closed else "idle")
+        return (
+            f"<Scheduler {state} endpoints={[e.name for e in self._endpoints]}"
+            f" queued={adm.queued} in_flight={adm.in_flight}>"
+        )
+
+
+def _backend_primitives() -> tuple[Callable[[], float], Callable[[], EventLike]]:
+    """The running backend's clock and event class, looked up once."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.current_time, trio.Event
+    import asyncio
+
+    return asyncio.get_running_loop().time, asyncio.Event
+
+
+def _default_limit() -> LimitPolicy:
+    try:
+        from lmgate.policies._adaptive import Adaptive
+    except ImportError:  # pragma: no cover
+        return Fixed(8)
+    return Adaptive()
+
+
+@final
+class _LeaseContext:
+    """What ``Scheduler.lease()`` returns: the async context holding a lease."""
+
+    __slots__ = ("_lease", "_model", "_priority", "_sched", "_timeout")
+
+    def __init__(self, sched: Scheduler, model: str, priority: int, timeout: float | None):
+        self._sched = sched
+        self._model = model
+        self._priority = priority
+        self._timeout = timeout
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        if self._lease is not None:
+            raise InvalidParameter("this lease context is already in use", field="lease")
+        lease = await self._sched.acquire(
+            model=self._model, priority=self._priority, timeout=self._timeout
+        )
+        scope = anyio.CancelScope(deadline=lease.deadline)
+        lease._scope = scope
+        scope.__enter__()
+        self._lease = lease
+        return lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        lease = self._lease
+        assert lease is not None and lease._scope is not None
+        scope = lease._scope
+        swallowed = scope.__exit__(exc_type, exc, tb)
+        sched = self._sched
+        if exc is None or swallowed:
+            if scope.cancelled_caught:
+                raise sched._interrupted(lease)
+            sched._admission.finish(lease, None)
+            return bool(swallowed)
+        replacement = sched._after_error(lease, exc, scope)
+        if replacement is not None:
+            raise replacement from exc
+        return False
+
+    def __repr__(self) -> str:
+        return f"<lease context model={self._model!r} priority={self._priority}>"
+
+
