@@ -71,7 +71,7 @@ class UserMessage(msgspec.Struct, frozen=True):
 class AssistantMessage(msgspec.Struct, frozen=True):
     """A model's reply; it may ask for tool calls whose results must follow."""
 
-    content: Content | None | UnsetType = UNSET
+    content: Content | UnsetType | None = UNSET
     tool_calls: tuple[ToolCall, ...] = ()
     extra: dict[str, Any] = {}
     role: ClassVar[str] = "assistant"
@@ -115,9 +115,11 @@ def to_message(obj: Message | Mapping[str, Any], *, where: str = "message") -> M
                     f"{where}: tool_call_id must be a string", field=f"{where}.tool_call_id"
                 )
             return ToolMessage(call_id, content, extra=d)
-        return SystemMessage(content, role="developer" if role == "developer" else "system", extra=d)
+        return SystemMessage(
+            content, role="developer" if role == "developer" else "system", extra=d
+        )
     if role == "assistant":
-        content_a: Content | None | UnsetType = UNSET
+        content_a: Content | UnsetType | None = UNSET
         if "content" in d:
             content_a = _content(d.pop("content"), where, allow_none=True)
         calls: tuple[ToolCall, ...] = ()
@@ -227,7 +229,7 @@ def message_spans(messages: Sequence[Message], start: int = 0) -> list[range]:
     while i < n:
         j = i + 1
         m = messages[i]
-        if isinstance(m, AssistantMessage) and m.tool_calls or isinstance(m, ToolMessage):
+        if (isinstance(m, AssistantMessage) and m.tool_calls) or isinstance(m, ToolMessage):
             while j < n and isinstance(messages[j], ToolMessage):
                 j += 1
         if isinstance(m, ToolMessage) and spans:

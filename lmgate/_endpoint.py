@@ -103,9 +103,7 @@ class Endpoint(_Named, frozen=True, kw_only=True):
         msgspec.structs.force_setattr(self, "ports", tuple(self.ports))
         for field in ("connect_timeout", "read_timeout"):
             v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not (
-                0 < v < math.inf
-            ):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v < math.inf):
                 raise InvalidParameter(f"{field} must be a positive finite number", field=field)
         if self.api_key_env is not None:
             _check_str("api_key_env", self.api_key_env)

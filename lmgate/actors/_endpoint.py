@@ -1,15 +1,38 @@
-"""One actor per endpoint: it owns the endpoint's limit policy and health.
+"""One actor per endpoint: its limit, circuit breaker, health and model lives.
 
-Leases drop ``Sample``s into its bounded mailbox without waiting; the actor
-feeds them to the limit policy with the time it read, and tells the
-admission controller when the limit or the routing state changes.  A child
-ticker lets time-driven policies run and, when the endpoint has a health
-check, probes it under a short deadline.  Everything it starts lives in its
-own task group, so nothing outlives it.
+Leases drop ``Sample``s into the actor's bounded mailbox without waiting;
+its health monitor (``_health.py``) drops probe results into the same
+mailbox, so the breaker, the lifecycle and the limit policy see every
+observation in one order, with the time the actor read.  The actor tells
+the admission controller what follows: the limit, and the routing --
+``up`` while the breaker is closed or half-open, ``held`` while it holds
+traffic (a Retry-After, a model loading), ``down`` while it is open.
+
+Half-open trials.  Admission grants without asking the actor -- that is
+its fast path -- so the actor cannot hand out breaker permits at grant
+time.  Instead, while half-open it publishes ``trials`` (the breaker's
+``half_open_trials``) and admission never lets more than that many leases
+run on the endpoint at once; the actor counts the trials when their
+samples come back.  A sample whose lease was granted before the breaker's
+last opening or recovery (``sample.start`` earlier than that instant)
+belongs to an old state: the breaker ignores it, except as news of a
+Retry-After or a loading model.  Leases still running from before an
+opening count against the trial cap, so a black hole's stuck calls delay
+the first trial until they end: no extra load reaches a sick server.
+
+Evidence.  A cold request (the model was loading) neither feeds the limit
+nor counts as a failure.  A call still running at its request's deadline
+counts against the endpoint only if it ran long enough to have finished
+on a healthy one (``Resilience.timeout_evidence`` times the warm latency);
+otherwise it counts as nothing, like a cancellation.  Everything the actor
+starts -- the timer, the monitor, the warm-up -- lives in its task group,
+so nothing outlives it.
 """
 
 from __future__ import annotations
 
+import math
+import random
 from typing import final
 
 import anyio
@@ -17,50 +40,75 @@ import anyio.abc
 import msgspec
 
 from lmgate._endpoint import Endpoint
-from lmgate._events import Event, EventHub
+from lmgate._events import EventHub
+from lmgate.actors._health import ActorMessage, HealthMonitor, HealthReport, Moved, WarmedUp
+from lmgate.actors._resilience import Resilience
+from lmgate.policies._breaker import BreakerStateName, BreakerStatistics, Permit, Transition
+from lmgate.policies._health import url_port
+from lmgate.policies._lifecycle import LifecycleStatistics
 from lmgate.policies._limit import LimitState, LimitStatistics
-from lmgate.policies._sample import OUTCOME_CLASSES, Sample
+from lmgate.policies._resilience_events import (
+    LimitChanged,
+    ModelChanged,
+    breaker_event,
+    moved_event,
+)
+from lmgate.policies._sample import OUTCOME_CLASSES, OutcomeClass, Sample
+from lmgate.scheduler._messages import LimitChanged as LimitMessage
 from lmgate.scheduler._messages import (
     ControllerMessage,
-    EndpointMessage,
-    LimitChanged,
     ProbeResult,
+    Routing,
     StateChanged,
     Tick,
+    UrlChanged,
 )
 
-__all__ = ["EndpointActor", "EndpointActorStatistics", "LimitChangedEvent", "StateChangedEvent"]
+__all__ = ["EndpointActor", "EndpointActorStatistics"]
 
-
-class LimitChangedEvent(Event, frozen=True, kw_only=True, tag="limit_changed"):
-    endpoint: str
-    old: int
-    new: int
-
-
-class StateChangedEvent(Event, frozen=True, kw_only=True, tag="endpoint_state"):
-    endpoint: str
-    old: str
-    new: str
-    detail: str = ""
+_STALE = Permit(False, -1)  # a result from before the breaker's last epoch
+_ROUTING: dict[BreakerStateName, Routing] = {
+    "closed": "up",
+    "half_open": "up",
+    "held": "held",
+    "open": "down",
+}
+_MAX_IDENTITIES = 64
 
 
 @final
 class EndpointActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One endpoint as its actor sees it: feedback, breaker, probes, models."""
+
     name: str
     state: str
+    url: str
+    port: int | None
     samples: int
     by_class: dict[str, int]
     latency_ewma: float | None
     ttft_ewma: float | None
     limit: LimitStatistics
+    breaker: BreakerStatistics
+    lifecycle: LifecycleStatistics
     probes: int
     probe_failures: int
+    last_probe_at: float | None
+    last_probe_ok: bool | None
+    probe_latency: float | None
+    addresses: tuple[str, ...] | None
+    identities: dict[str, str]
+    moves: int
+    port_searches: int
+    model_changes: int
+    ignored_timeouts: int
+    warmups: int
+    warmup_failures: int
 
 
 @final
 class EndpointActor:
-    """The task that owns one endpoint's feedback and health."""
+    """The task that owns one endpoint's feedback, breaker and health."""
 
     def __init__(
         self,
@@ -68,136 +116,333 @@ class EndpointActor:
         endpoint: Endpoint,
         limit: LimitState,
         controller: anyio.abc.ObjectSendStream[ControllerMessage],
-        inbox: anyio.abc.ObjectReceiveStream[EndpointMessage],
-        tick_send: anyio.abc.ObjectSendStream[EndpointMessage],
+        inbox: anyio.abc.ObjectReceiveStream[ActorMessage],
+        tick_send: anyio.abc.ObjectSendStream[ActorMessage],
         events: EventHub,
         *,
         tick_interval: float = 1.0,
-        probe_interval: float = 5.0,
-        probe_timeout: float = 2.0,
+        resilience: Resilience | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        res = resilience if resilience is not None else Resilience()
+        rng = rng if rng is not None else random.Random(res.seed)
         self.index = index
         self.endpoint = endpoint
+        self._res = res
         self._limit = limit
+        self._policy = limit.statistics().policy
         self._controller = controller
         self._inbox = inbox
         self._tick_send = tick_send
         self._events = events
         self._tick_interval = tick_interval
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
+        self._rng = random.Random(rng.random())
+        self._breaker = res.breaker.build(random.Random(rng.random()))
+        self._trials = res.breaker.half_open_trials
+        self._lifecycle = res.lifecycle.build()
+        # Without a model on the sample, one lifecycle entry stands for all.
+        self._key = endpoint.models[0] if len(endpoint.models) == 1 else "*"
+        self._url = endpoint.url
+        self._monitor: HealthMonitor | None = None
         self._published_limit = limit.limit
-        self._state = "healthy"
+        self._routing: tuple[Routing, str, int | None] = ("up", "healthy", None)
+        self._phase_since = -math.inf
+        self._wake_at = math.inf
+        self._rearm: anyio.Event | None = None
         self._samples = 0
         self._by_class = dict.fromkeys(OUTCOME_CLASSES, 0)
         self._latency: float | None = None
         self._ttft: float | None = None
+        self._ignored_timeouts = 0
         self._probes = 0
         self._probe_failures = 0
+        self._last_probe: HealthReport | None = None
+        self._last_probe_at: float | None = None
+        self._refused_since_ok = False
+        self._addresses: tuple[str, ...] | None = None
+        self._identities: dict[str, str] = {}
+        self._moves = 0
+        self._model_changes = 0
+        self._warmups = 0
+        self._warmup_failures = 0
 
     @property
     def limit(self) -> int:
         return self._published_limit
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg, self._inbox, self._controller:
-            tg.start_soon(self._ticker)
+    @property
+    def url(self) -> str:
+        """Where the endpoint's server answers now (it moves with the server)."""
+        return self._url
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with anyio.create_task_group() as tg, self._inbox, self._controller, self._tick_send:
+            tg.start_soon(self._timer)
             if self.endpoint.health is not None:
-                tg.start_soon(self._prober)
+                self._monitor = HealthMonitor(
+                    self.endpoint,
+                    self._res.probes,
+                    self._tick_send.clone(),
+                    self._pace,
+                    rng=random.Random(self._rng.random()),
+                    resolve=self._res.resolve,
+                    resolve_timeout=self._res.resolve_timeout,
+                )
+                tg.start_soon(self._monitor.run)
+            if self.endpoint.warmup and self._res.warmup is not None:
+                tg.start_soon(self._warm_up, self._tick_send.clone())
             task_status.started()
-            async for message in self._inbox:
+            inbox = self._inbox
+            while True:
+                try:
+                    message = await inbox.receive()
+                except anyio.EndOfStream:
+                    break
                 await self._handle(message)
+                # Drain what queued up meanwhile without a task switch per
+                # sample: under load leases finish far faster than a switch.
+                for _ in range(256):
+                    try:
+                        message = inbox.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    await self._handle(message)
             tg.cancel_scope.cancel()
 
-    async def _handle(self, message: EndpointMessage) -> None:
+    # -- messages ---------------------------------------------------------------
+
+    async def _handle(self, message: ActorMessage) -> None:
         now = anyio.current_time()
         match message:
             case Sample():
-                self._observe(message)
-                await self._publish_limit(self._limit.update(message, now), now)
+                await self._on_sample(message, now)
             case Tick():
                 await self._publish_limit(self._limit.tick(now), now)
+                await self._after(self._breaker.tick(now), now)
+            case HealthReport():
+                await self._on_probe(message, now)
+            case Moved(old_url=old, new_url=new):
+                self._url = new
+                self._moves += 1
+                self._lifecycle.restarted()
+                self._events.publish(moved_event(self.endpoint.name, old, new, at=now))
+                await self._controller.send(UrlChanged(self.index, new))
+            case WarmedUp(model=model, ok=ok):
+                self._warmups += 1
+                if ok:
+                    self._lifecycle.loaded(model)
+                else:
+                    self._warmup_failures += 1
             case ProbeResult(ok=ok, detail=detail):
-                self._probes += 1
-                if not ok:
-                    self._probe_failures += 1
-                new = "healthy" if ok else "down"
-                if new != self._state:
-                    old, self._state = self._state, new
-                    self._events.publish(
-                        StateChangedEvent(
-                            at=now, endpoint=self.endpoint.name, old=old, new=new, detail=detail
-                        )
-                    )
-                    await self._controller.send(
-                        StateChanged(self.index, "up" if ok else "down", new)
-                    )
+                await self._on_probe(HealthReport(ok=ok, url=self._url, detail=detail), now)
 
-    def _observe(self, sample: Sample) -> None:
+    async def _on_sample(self, sample: Sample, now: float) -> None:
         self._samples += 1
         self._by_class[sample.outcome] += 1
-        if sample.outcome == "success":
+        outcome: OutcomeClass = sample.outcome
+        if outcome == "timeout" and not self._timeout_is_evidence(sample):
+            # Granted with too little time left to tell anything.
+            self._ignored_timeouts += 1
+            outcome = "cancelled"
+            sample = msgspec.structs.replace(sample, outcome=outcome)
+        model = getattr(sample, "model", None) or self._key
+        verdict = self._lifecycle.finished(model, sample.start, now, outcome, sample.ttft)
+        if outcome == "success" and not verdict.cold:
             d = sample.duration
             self._latency = d if self._latency is None else self._latency + 0.1 * (d - self._latency)
             if sample.ttft is not None:
                 t = sample.ttft
                 self._ttft = t if self._ttft is None else self._ttft + 0.1 * (t - self._ttft)
+        elif outcome == "loading":
+            self._lifecycle.loading(model)
+        breaker = self._breaker
+        permit = _STALE if sample.start < self._phase_since else breaker.acquire(now)
+        transition = breaker.record(
+            verdict.breaker_outcome, now, sample.retry_after, permit=permit
+        )
+        if verdict.feed_limit:
+            await self._publish_limit(self._limit.update(sample, now), now)
+        if transition is not None or breaker.retry_at(now) is not None:
+            await self._after(transition, now)
+
+    def _timeout_is_evidence(self, sample: Sample) -> bool:
+        base = self._latency
+        return base is None or sample.duration >= self._res.timeout_evidence * base
+
+    async def _on_probe(self, report: HealthReport, now: float) -> None:
+        self._probes += 1
+        self._last_probe = report
+        self._last_probe_at = now
+        if report.addresses is not None:
+            self._addresses = report.addresses
+        if not report.ok:
+            self._probe_failures += 1
+            self._refused_since_ok = self._refused_since_ok or report.refused
+        elif self._refused_since_ok:
+            # The process was gone and is back: every model loads again.
+            self._refused_since_ok = False
+            self._lifecycle.restarted()
+        if report.loading:
+            for model in self.endpoint.models:
+                self._lifecycle.loading(model)
+            self._lifecycle.loading(self._key)
+        if report.identities:
+            await self._identify(report.identities, now)
+        transition = self._breaker.probe_result(report.ok, now, loading=report.loading)
+        await self._after(transition, now)
+
+    async def _identify(self, identities: dict[str, str], now: float) -> None:
+        for model, identity in identities.items():
+            if model not in self._identities and len(self._identities) >= _MAX_IDENTITIES:
+                continue
+            self._identities[model] = identity
+            change = self._lifecycle.identity(model, identity, now)
+            if change is None:
+                continue
+            self._model_changes += 1
+            self._events.publish(
+                ModelChanged(
+                    at=now, endpoint=self.endpoint.name, model=model, old=change.old, new=change.new
+                )
+            )
+            # A different build is a different latency: learn it again.
+            self._latency = self._ttft = None
+            if self._key != model:
+                self._lifecycle.loading(self._key)
+            reset = getattr(self._limit, "reset", None)
+            if callable(reset):
+                reset()
+                await self._publish_limit(self._limit.limit, now)
+
+    # -- telling others ----------------------------------------------------------
+
+    async def _after(self, transition: Transition | None, now: float) -> None:
+        """Publish a breaker transition, route accordingly, arm the timer."""
+        breaker = self._breaker
+        if transition is not None:
+            if transition.after == "open" or transition.reason == "recovered":
+                self._phase_since = now  # the breaker started a new epoch
+            self._events.publish(
+                breaker_event(self.endpoint.name, transition, half_open_trials=self._trials)
+            )
+            if self._monitor is not None:
+                self._monitor.replan()
+        state = breaker.state(now)
+        if state == "closed":
+            routing: tuple[Routing, str, int | None] = ("up", "healthy", None)
+        elif state == "half_open":
+            routing = ("up", "half_open", self._trials)
+        elif state == "held":
+            routing = ("held", breaker.statistics(now).held_by or "held", None)
+        else:
+            routing = ("down", "open", None)
+        if routing != self._routing:
+            self._routing = routing
+            await self._controller.send(StateChanged(self.index, *routing))
+        until = breaker.retry_at(now)
+        if until is not None and until < self._wake_at:
+            self._wake_at = until
+            if self._rearm is not None:
+                self._rearm.set()
 
     async def _publish_limit(self, proposed: int, now: float) -> None:
         new = max(1, int(proposed))
         if new != self._published_limit:
             old, self._published_limit = self._published_limit, new
             self._events.publish(
-                LimitChangedEvent(at=now, endpoint=self.endpoint.name, old=old, new=new)
+                LimitChanged(
+                    at=now, endpoint=self.endpoint.name, old=old, new=new, policy=self._policy
+                )
             )
-            await self._controller.send(LimitChanged(self.index, new))
+            await self._controller.send(LimitMessage(self.index, new))
 
-    async def _ticker(self) -> None:
+    def _pace(self, now: float) -> tuple[BreakerStateName, float | None]:
+        return self._breaker.state(now), self._breaker.retry_at(now)
+
+    # -- child tasks -----------------------------------------------------------------
+
+    async def _timer(self) -> None:
+        """Tick the policies every ``tick_interval``, and when an open time or hold ends."""
+        interval = self._tick_interval
+        next_tick = anyio.current_time() + interval
         while True:
-            await anyio.sleep(self._tick_interval)
+            rearm = self._rearm = anyio.Event()
+            with anyio.move_on_at(min(next_tick, self._wake_at)):
+                await rearm.wait()
+            now = anyio.current_time()
+            fire = False
+            if now >= next_tick:
+                next_tick = now + interval
+                fire = True
+            if now >= self._wake_at:
+                self._wake_at = math.inf
+                fire = True
+            if not fire:
+                continue
             try:
                 self._tick_send.send_nowait(Tick())
             except anyio.WouldBlock:
-                pass  # the actor is busy; the next tick will do
+                pass  # the actor is busy; its next message reports the change
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
 
-    async def _prober(self) -> None:
-        check = self.endpoint.health
-        assert check is not None
-        while True:
-            ok = False
-            detail = ""
-            with anyio.move_on_after(self._probe_timeout) as scope:
+    async def _warm_up(self, send: anyio.abc.ObjectSendStream[ActorMessage]) -> None:
+        warmup = self._res.warmup
+        assert warmup is not None
+        with send:
+            for model in self.endpoint.models:
+                ok, detail = False, ""
+                target = self.endpoint
+                if self._url != target.url:
+                    target = msgspec.structs.replace(target, url=self._url)
+                with anyio.move_on_after(self._res.warmup_timeout) as scope:
+                    try:
+                        await warmup(target, model)
+                        ok = True
+                    except Exception as exc:
+                        detail = type(exc).__name__
+                if scope.cancelled_caught:
+                    detail = "warm-up timed out"
                 try:
-                    ok = bool(await check(self.endpoint))
-                except Exception as exc:
-                    detail = f"{type(exc).__name__}: {exc}"[:200]
-            if scope.cancelled_caught:
-                detail = "probe timed out"
-            try:
-                await self._tick_send.send(ProbeResult(ok, detail))
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            await anyio.sleep(self._probe_interval)
+                    await send.send(WarmedUp(model=model, ok=ok, detail=detail))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+
+    # -- introspection -----------------------------------------------------------------
 
     def statistics(self) -> EndpointActorStatistics:
+        probe = self._last_probe
         return EndpointActorStatistics(
             name=self.endpoint.name,
-            state=self._state,
+            state=self._routing[1],
+            url=self._url,
+            port=url_port(self._url),
             samples=self._samples,
             by_class=dict(self._by_class),
             latency_ewma=self._latency,
             ttft_ewma=self._ttft,
             limit=self._limit.statistics(),
+            breaker=self._breaker.statistics(),
+            lifecycle=self._lifecycle.statistics(),
             probes=self._probes,
             probe_failures=self._probe_failures,
+            last_probe_at=self._last_probe_at,
+            last_probe_ok=None if probe is None else probe.ok,
+            probe_latency=None if probe is None else probe.latency,
+            addresses=self._addresses,
+            identities=dict(self._identities),
+            moves=self._moves,
+            port_searches=0 if self._monitor is None else self._monitor.searches,
+            model_changes=self._model_changes,
+            ignored_timeouts=self._ignored_timeouts,
+            warmups=self._warmups,
+            warmup_failures=self._warmup_failures,
         )
 
     def __repr__(self) -> str:
         return (
-            f"<EndpointActor {self.endpoint.name} state={self._state}"
+            f"<EndpointActor {self.endpoint.name} state={self._routing[1]}"
             f" limit={self._published_limit}>"
         )
-
-

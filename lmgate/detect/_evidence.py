@@ -62,7 +62,7 @@ class Reading(msgspec.Struct, kw_only=True):
     """What one observation says; merged by the probe."""
 
     evidence: list[Evidence] = msgspec.field(default_factory=list)
-    version: str | None = None
+    versions: dict[str, str] = msgspec.field(default_factory=dict)
     models: list[str] = msgspec.field(default_factory=list)
     windows: dict[str, int] = msgspec.field(default_factory=dict)
     loaded_windows: dict[str, int] = msgspec.field(default_factory=dict)
@@ -97,6 +97,12 @@ def _dict(x: Any) -> dict[str, Any]:
 
 def _list(x: Any) -> list[Any]:
     return x[:_MAX_MODELS] if isinstance(x, list) else []
+
+
+def _version_of(out: Reading, kind: str, value: Any) -> None:
+    ver = _str(value)
+    if ver is not None:
+        out.versions.setdefault(kind, ver[:120])
 
 
 def read(obs: Observation) -> Reading:
@@ -187,7 +193,7 @@ def _props(obs: Observation, out: Reading) -> None:
     alias = _str(body.get("model_alias")) or _str(body.get("model_path"))
     if alias and n_ctx:
         out.windows[alias] = n_ctx
-    out.version = _str(body.get("build_info"))
+    _version_of(out, "llamacpp", body.get("build_info"))
 
 
 def _slots(obs: Observation, out: Reading) -> None:
@@ -203,7 +209,7 @@ def _slots(obs: Observation, out: Reading) -> None:
 
 def _health(obs: Observation, out: Reading) -> None:
     body = _dict(obs.json())
-    if obs.status == 200:
+    if obs.status == 200 and "error" not in body:
         out.health_route = obs.path
         if body.get("status") == "ok":
             out.add(obs, '{"status": "ok"}', "llamacpp", 1)
@@ -220,7 +226,7 @@ def _api_version(obs: Observation, out: Reading) -> None:
     ver = _str(_dict(obs.json()).get("version"))
     if obs.status == 200 and ver and _SEMVER.match(ver):
         out.add(obs, f"version {ver}", "ollama", 1)
-        out.version = ver
+        _version_of(out, "ollama", ver)
         out.health_route = obs.path
 
 
@@ -277,8 +283,9 @@ def _version(obs: Observation, out: Reading) -> None:
     ver = _str(_dict(obs.json()).get("version"))
     if obs.status != 200 or not ver or not _SEMVER.match(ver):
         return
-    out.version = ver
-    if ver.startswith("v"):
+    kind = "localai" if ver.startswith("v") else "vllm"
+    _version_of(out, kind, ver)
+    if kind == "localai":
         out.add(obs, f"version {ver} (LocalAI style)", "localai", 2)
     else:
         out.add(obs, f"version {ver}", "vllm", 1)
@@ -288,8 +295,7 @@ def _localai_well_known(obs: Observation, out: Reading) -> None:
     body = _dict(obs.json())
     if obs.status == 200 and isinstance(body.get("endpoints"), dict):
         out.add(obs, "LocalAI discovery document", "localai", 3)
-        ver = _str(body.get("version"))
-        out.version = ver or out.version
+        _version_of(out, "localai", body.get("version"))
 
 
 def _readyz(obs: Observation, out: Reading) -> None:
@@ -308,7 +314,7 @@ def _info(obs: Observation, out: Reading) -> None:
     out.add(obs, "model_id, max_total_tokens" + (f", router {router}" if router else ""), "tgi", 3)
     out.models.append(model)
     out.windows[model] = total
-    out.version = _str(body.get("version"))
+    _version_of(out, "tgi", body.get("version"))
     out.health_route = "/health"
 
 

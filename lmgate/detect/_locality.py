@@ -209,7 +209,7 @@ def _legacy_ipv4(host: str) -> int:
     value = 0
     for n in head:
         value = value * 256 + n
-    return value * 256 ** (4 - len(head)) + last
+    return int(value * 256 ** (4 - len(head)) + last)
 
 
 def _classify_ip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[Locality, str]:

@@ -11,7 +11,10 @@ States:
 
 ``closed``     traffic flows; errors and timeouts go into a sliding window of
                time buckets, and the breaker opens when their share reaches
-               ``failure_rate`` over at least ``minimum_volume`` calls.
+               ``failure_rate`` over at least ``minimum_volume`` calls, or
+               after ``consecutive_failures`` of them in a row (a server that
+               just died after a busy healthy minute would otherwise take
+               as many failures as the window holds successes to notice).
 ``open``       nothing is sent until the open time (exponential backoff with
                jitter, capped at ``open_max``) has elapsed.
 ``half_open``  at most ``half_open_trials`` trial calls at once; that many
@@ -46,7 +49,14 @@ from lmgate._errors import InvalidParameter
 from lmgate.policies._limit import check_float, check_int
 from lmgate.policies._sample import OutcomeClass
 
-__all__ = ["Breaker", "BreakerState", "BreakerStateName", "BreakerStatistics", "Permit", "Transition"]
+__all__ = [
+    "Breaker",
+    "BreakerState",
+    "BreakerStateName",
+    "BreakerStatistics",
+    "Permit",
+    "Transition",
+]
 
 BreakerStateName = Literal["closed", "open", "half_open", "held"]
 _OUTCOMES: Final = frozenset(get_args(OutcomeClass))
@@ -67,6 +77,7 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     buckets: int = 10
     failure_rate: float = 0.5
     minimum_volume: int = 5
+    consecutive_failures: int = 5
     overload_rate: float = 0.9
     half_open_trials: int = 1
     open_base: float = 1.0
@@ -83,6 +94,7 @@ class Breaker(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         check_int("buckets", self.buckets, low=1, high=1000)
         check_float("failure_rate", self.failure_rate, low=0.0, low_open=True, high=1.0)
         check_int("minimum_volume", self.minimum_volume, low=1, high=1_000_000)
+        check_int("consecutive_failures", self.consecutive_failures, low=1, high=1_000_000)
         check_float("overload_rate", self.overload_rate, low=0.0, low_open=True, high=1.0)
         check_int("half_open_trials", self.half_open_trials, low=1, high=10_000)
         check_float("open_base", self.open_base, low=0.0, low_open=True, high=86_400.0)
@@ -145,6 +157,7 @@ class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _NEG_INF: Final = -math.inf
+_NO_BUCKET: Final = -(2**62)
 
 
 @final
@@ -161,6 +174,7 @@ class BreakerState:
         "_config",
         "_consecutive",
         "_epoch",
+        "_failure_run",
         "_last",
         "_open_until",
         "_opens",
@@ -184,7 +198,7 @@ class BreakerState:
         self._rng = rng
         n = config.buckets
         self._width = config.window / n
-        self._b_index = [-1] * n
+        self._b_index = [_NO_BUCKET] * n
         self._b_total = [0] * n
         self._b_fail = [0] * n
         self._b_over = [0] * n
@@ -198,6 +212,7 @@ class BreakerState:
         self._successes = 0
         self._probe_failures = 0
         self._consecutive = 0
+        self._failure_run = 0
         self._overload_holds = 0
         self._opens = 0
         self._closed_since: float | None = None
@@ -281,7 +296,9 @@ class BreakerState:
             self._trials -= 1
             trial = True
         # A result counts in half-open only once the open time has elapsed.
-        counts = current and (not self._phase_open or trial or (permit is None and t >= self._open_until))
+        counts = current and (
+            not self._phase_open or trial or (permit is None and t >= self._open_until)
+        )
         forced = False
         reason: str | None = None
         if outcome == "success":
@@ -291,14 +308,19 @@ class BreakerState:
             if counts and not self._phase_open:
                 self._add(t, fail=0, over=0)
                 self._overload_holds = 0
+                self._failure_run = 0
             elif counts:
-                reason = self._half_open_success(t)
+                reason = self._half_open_success(t) or reason
         elif outcome == "error" or outcome == "timeout":
             if counts and not self._phase_open:
                 self._add(t, fail=1, over=0)
+                self._failure_run += 1
                 if self._tripped_by_failures():
                     self._open(t)
                     forced, reason = True, "failure_rate"
+                elif self._failure_run >= self._config.consecutive_failures:
+                    self._open(t)
+                    forced, reason = True, "consecutive_failures"
             elif counts:
                 self._open(t)
                 forced, reason = True, "trial_failed"
@@ -449,6 +471,7 @@ class BreakerState:
         self._epoch += 1
         self._trials = 0
         self._successes = 0
+        self._failure_run = 0
         self._closed_permit = Permit(False, self._epoch)
         self._trial_permit = Permit(True, self._epoch)
         self._clear_window()
@@ -523,4 +546,4 @@ class BreakerState:
 
     def _clear_window(self) -> None:
         n = len(self._b_index)
-        self._b_index[:] = [-1] * n
+        self._b_index[:] = [_NO_BUCKET] * n

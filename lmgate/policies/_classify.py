@@ -66,6 +66,8 @@ _CONTEXT_HINTS: Final = (
     "too many tokens",
     "prompt is too long",
     "input is too long",
+    "`inputs` tokens",  # TGI: "must be <= M. Given: N `inputs` tokens and ..."
+    "`inputs` must have less than",  # TGI
 )
 
 
@@ -245,9 +247,8 @@ def compose(user: UserClassifier | None, default: Classifier = classify) -> Clas
 def _is_cancellation(exc: BaseException, cancelled_exc: type[BaseException] | None) -> bool:
     if cancelled_exc is not None and isinstance(exc, cancelled_exc):
         return True
-    if not isinstance(exc, Exception) and not isinstance(exc, BaseExceptionGroup):
-        return True  # asyncio.CancelledError, trio.Cancelled, KeyboardInterrupt, SystemExit
-    return False
+    # asyncio.CancelledError, trio.Cancelled, KeyboardInterrupt, SystemExit
+    return not isinstance(exc, Exception) and not isinstance(exc, BaseExceptionGroup)
 
 
 def _classify_group(
@@ -275,7 +276,9 @@ def _known(exc: BaseException, now_epoch: float | None, depth: int) -> Classific
     if isinstance(exc, Overloaded):
         return _overloaded(exc)
     if isinstance(exc, ContextOverflow):
-        return Classification(outcome="client_error", reason="context_overflow", context_overflow=True)
+        return Classification(
+            outcome="client_error", reason="context_overflow", context_overflow=True
+        )
     if isinstance(exc, InvalidParameter):
         return Classification(outcome="client_error", reason="invalid_parameter")
     if isinstance(exc, Rejected):
@@ -327,7 +330,9 @@ def _os_error(exc: OSError) -> Classification:
     return Classification(outcome="error", reason=f"os_error:{type(exc).__name__}")
 
 
-def _httpx(module: Any, exc: BaseException, now_epoch: float | None, depth: int) -> Classification | None:
+def _httpx(
+    module: Any, exc: BaseException, now_epoch: float | None, depth: int
+) -> Classification | None:
     """httpx (and its fork httpx2, which the openai SDK uses) share a hierarchy."""
     if isinstance(exc, module.InvalidURL):
         return Classification(outcome="client_error", before_send=True, reason="invalid_url")
@@ -335,7 +340,9 @@ def _httpx(module: Any, exc: BaseException, now_epoch: float | None, depth: int)
         return None
     if isinstance(exc, module.HTTPStatusError):
         response = exc.response
-        return _from_status(response.status_code, response.headers, _response_text(response), now_epoch)
+        return _from_status(
+            response.status_code, response.headers, _response_text(response), now_epoch
+        )
     if isinstance(exc, module.ConnectTimeout):
         return Classification(outcome="timeout", before_send=True, reason="connect_timeout")
     if isinstance(exc, module.PoolTimeout):
@@ -356,7 +363,9 @@ def _httpx(module: Any, exc: BaseException, now_epoch: float | None, depth: int)
     return Classification(outcome="error", reason=f"transport:{type(exc).__name__}")
 
 
-def _openai(module: Any, exc: BaseException, now_epoch: float | None, depth: int) -> Classification | None:
+def _openai(
+    module: Any, exc: BaseException, now_epoch: float | None, depth: int
+) -> Classification | None:
     if not isinstance(exc, module.OpenAIError):
         return None
     if isinstance(exc, module.APIStatusError):
@@ -402,8 +411,12 @@ def _from_status(status: int, headers: Any, text: str, now_epoch: float | None) 
     if status == 429 or status == 503:
         retry_after = _retry_after_from(headers, now_epoch)
         if status == 503 and _has_hint(text, _LOADING_HINTS):
-            return Classification(outcome="loading", retry_after=retry_after, reason="loading", status=status)
-        return Classification(outcome="overload", retry_after=retry_after, reason=reason, status=status)
+            return Classification(
+                outcome="loading", retry_after=retry_after, reason="loading", status=status
+            )
+        return Classification(
+            outcome="overload", retry_after=retry_after, reason=reason, status=status
+        )
     if status == 408 or status == 504:
         return Classification(outcome="timeout", reason=reason, status=status)
     if status >= 500:
@@ -411,7 +424,10 @@ def _from_status(status: int, headers: Any, text: str, now_epoch: float | None) 
     if 400 <= status < 500:
         if _has_hint(text, _CONTEXT_HINTS):
             return Classification(
-                outcome="client_error", reason="context_overflow", status=status, context_overflow=True
+                outcome="client_error",
+                reason="context_overflow",
+                status=status,
+                context_overflow=True,
             )
         return Classification(outcome="client_error", reason=reason, status=status)
     return Classification(outcome="error", reason=reason, status=status)

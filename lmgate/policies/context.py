@@ -23,8 +23,17 @@ from typing import Any, Protocol, final, runtime_checkable
 
 import msgspec
 
-from lmgate._chat import Message, SystemMessage, UserMessage, message_spans, to_dicts, to_messages
-from lmgate._errors import ContextOverflow
+from lmgate._chat import (
+    Message,
+    SystemMessage,
+    UserMessage,
+    message_spans,
+    text_of,
+    to_dicts,
+    to_messages,
+)
+from lmgate._errors import ContextOverflow, InvalidParameter
+from lmgate._events import Event
 from lmgate._tokens_estimate import TokenCounter, estimate_tokens
 from lmgate.policies._limit import check_float, check_int
 
@@ -32,12 +41,17 @@ __all__ = [
     "Applied",
     "Chain",
     "Compress",
+    "ContextApplied",
+    "ContextCounters",
+    "ContextStatistics",
     "ContextStrategy",
     "Fitted",
     "ResetWithSummary",
+    "SchedulerSummarizer",
     "SlidingWindow",
     "Summarizer",
     "afit_messages",
+    "context_events",
     "default_strategy",
     "fit_messages",
 ]
@@ -159,17 +173,23 @@ class SlidingWindow(msgspec.Struct, frozen=True):
         if not drop:
             return messages, ()
         kept = tuple(m for i, m in enumerate(messages) if i not in drop)
-        return kept, (Applied(strategy="SlidingWindow", tokens_before=before, tokens_after=total,
-                              dropped=len(drop)),)
+        return kept, (
+            Applied(
+                strategy="SlidingWindow",
+                tokens_before=before,
+                tokens_after=total,
+                dropped=len(drop),
+            ),
+        )
 
 
 @final
 class Compress(msgspec.Struct, frozen=True, kw_only=True):
     """Shorten the largest messages, keeping their head and tail.
 
-    Large tool results go first (they are the usual culprit), then long
-    turns; the last user message and the newest message only if nothing
-    else is left.  The system prompt is never touched.  The cut is marked in
+    The largest message goes first (usually a tool result: a file, a log),
+    and so on down; the last user message and the newest message only when
+    nothing else is left to shorten.  The system prompt is never touched.  The cut is marked in
     the text so the model knows something is missing.  The default for cloud
     endpoints, whose windows are large enough that old turns still help.
     """
@@ -223,8 +243,13 @@ class Compress(msgspec.Struct, frozen=True, kw_only=True):
         if not originals:
             return messages, ()
         elided = sum(len(o) - kept_chars[i] for i, o in originals.items())
-        applied = Applied(strategy="Compress", tokens_before=before, tokens_after=total,
-                          compressed=len(originals), elided_chars=elided)
+        applied = Applied(
+            strategy="Compress",
+            tokens_before=before,
+            tokens_after=total,
+            compressed=len(originals),
+            elided_chars=elided,
+        )
         return tuple(msgs), (applied,)
 
 
@@ -246,8 +271,6 @@ class ResetWithSummary:
         self, summarizer: Summarizer, *, keep_share: float = 0.5, max_summary_chars: int = 4000
     ) -> None:
         if not callable(summarizer):
-            from lmgate._errors import InvalidParameter
-
             raise InvalidParameter("summarizer must be an async callable", field="summarizer")
         self.summarizer = summarizer
         self.keep_share = check_float("keep_share", keep_share, low=0.0, high=1.0)
@@ -261,8 +284,9 @@ class ResetWithSummary:
         sizes = [count(m) for m in messages]
         groups = _groups(messages, lead)
         grouped = {i for g in groups for i in g}
-        room = budget * self.keep_share - sum(sizes[i] for i in range(len(messages))
-                                              if i >= lead and i not in grouped)
+        room = budget * self.keep_share - sum(
+            sizes[i] for i in range(len(messages)) if i >= lead and i not in grouped
+        )
         older: list[int] = []
         for g in reversed(groups):
             cost = sum(sizes[i] for i in g)
@@ -291,8 +315,12 @@ class ResetWithSummary:
             if not isinstance(summary, str):
                 raise TypeError(f"summarizer returned {type(summary).__name__}, not str")
         except Exception as exc:  # a failed summary must not fail the request
-            failed = Applied(strategy="ResetWithSummary", tokens_before=before,
-                             tokens_after=before, error=f"{type(exc).__name__}: {exc}"[:300])
+            failed = Applied(
+                strategy="ResetWithSummary",
+                tokens_before=before,
+                tokens_after=before,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
             return messages, (failed,)
         if len(summary) > self.max_summary_chars:
             half = self.max_summary_chars // 2
@@ -302,17 +330,27 @@ class ResetWithSummary:
         head: tuple[Message, ...]
         if lead:
             first = messages[0]
+            assert isinstance(first, SystemMessage)
             content = first.content
             text = block + summary
-            new_content = (content + "\n\n" + text if isinstance(content, str)
-                           else (*content, {"type": "text", "text": text}))
+            new_content = (
+                content + "\n\n" + text
+                if isinstance(content, str)
+                else (*content, {"type": "text", "text": text})
+            )
             head = (msgspec.structs.replace(first, content=new_content), *messages[1:lead])
         else:
             head = (SystemMessage(block + summary),)
         out = head + tuple(messages[i] for i in kept)
         after = sum(count(m) for m in out)
-        return out, (Applied(strategy="ResetWithSummary", tokens_before=before,
-                             tokens_after=after, summarized=len(older)),)
+        return out, (
+            Applied(
+                strategy="ResetWithSummary",
+                tokens_before=before,
+                tokens_after=after,
+                summarized=len(older),
+            ),
+        )
 
     def __repr__(self) -> str:
         return f"ResetWithSummary(keep_share={self.keep_share})"
@@ -326,8 +364,6 @@ class Chain:
 
     def __init__(self, *strategies: ContextStrategy) -> None:
         if not strategies or not all(hasattr(s, "fit") for s in strategies):
-            from lmgate._errors import InvalidParameter
-
             raise InvalidParameter("Chain takes one or more strategies", field="strategy")
         self.strategies = strategies
 
@@ -400,7 +436,10 @@ def _setup(
 
 
 def _finish(
-    msgs: tuple[Message, ...], count: TokenCounter, window: int, reserve: int,
+    msgs: tuple[Message, ...],
+    count: TokenCounter,
+    window: int,
+    reserve: int,
     applied: tuple[Applied, ...],
 ) -> Fitted:
     tokens = sum(count(m) for m in msgs)
@@ -408,7 +447,8 @@ def _finish(
         raise ContextOverflow(
             f"prompt of ~{tokens} tokens plus {reserve} reserved for output does not fit"
             f" the {window}-token window even after {[a.strategy for a in applied]}",
-            tokens=tokens + reserve, window=window,
+            tokens=tokens + reserve,
+            window=window,
         )
     return Fitted(messages=msgs, tokens=tokens, window=window, reserve=reserve, applied=applied)
 
@@ -456,3 +496,203 @@ async def afit_messages(
         s = strategy or default_strategy(local)
         msgs, applied = await _afit_one(s, msgs, target, count, deadline)
     return _finish(msgs, count, window, reserve, applied)
+
+
+class ContextApplied(Event, frozen=True, kw_only=True):
+    """A strategy shortened a request's prompt before it was admitted."""
+
+    endpoint: str | None
+    model: str | None
+    window: int
+    strategy: str
+    tokens_before: int
+    tokens_after: int
+    dropped: int
+    compressed: int
+    summarized: int
+    elided_chars: int
+    error: str | None = None
+
+
+def context_events(
+    fitted: Fitted, *, at: float, endpoint: str | None = None, model: str | None = None
+) -> list[ContextApplied]:
+    """One event per strategy that ran, for the scheduler's event hub."""
+    return [
+        ContextApplied(
+            at=at,
+            endpoint=endpoint,
+            model=model,
+            window=fitted.window,
+            strategy=a.strategy,
+            tokens_before=a.tokens_before,
+            tokens_after=a.tokens_after,
+            dropped=a.dropped,
+            compressed=a.compressed,
+            summarized=a.summarized,
+            elided_chars=a.elided_chars,
+            error=a.error,
+        )
+        for a in fitted.applied
+    ]
+
+
+@final
+class ContextStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Totals over every prompt fitted: how often each strategy ran, what it cut."""
+
+    fitted: int
+    shortened: int
+    overflows: int
+    applied: dict[str, int]
+    dropped: int
+    compressed: int
+    summarized: int
+    elided_chars: int
+    peak_tokens: int
+
+
+@final
+class ContextCounters:
+    """Running totals for ``stats()``; fixed size whatever the traffic."""
+
+    __slots__ = ("_applied", "_n", "_overflows", "_peak", "_shortened", "_sums")
+
+    def __init__(self) -> None:
+        self._n = self._shortened = self._overflows = self._peak = 0
+        self._applied: dict[str, int] = {}
+        self._sums = [0, 0, 0, 0]
+
+    def record(self, fitted: Fitted) -> None:
+        self._n += 1
+        self._peak = max(self._peak, fitted.tokens + fitted.reserve)
+        if any(a.error is None for a in fitted.applied):
+            self._shortened += 1
+        for a in fitted.applied:
+            key = a.strategy if a.error is None else f"{a.strategy}!failed"
+            self._applied[key] = self._applied.get(key, 0) + 1
+            for k, v in enumerate((a.dropped, a.compressed, a.summarized, a.elided_chars)):
+                self._sums[k] += v
+
+    def record_overflow(self) -> None:
+        self._overflows += 1
+
+    def statistics(self) -> ContextStatistics:
+        d, c, s, e = self._sums
+        return ContextStatistics(
+            fitted=self._n,
+            shortened=self._shortened,
+            overflows=self._overflows,
+            applied=dict(self._applied),
+            dropped=d,
+            compressed=c,
+            summarized=s,
+            elided_chars=e,
+            peak_tokens=self._peak,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ContextCounters fitted={self._n} shortened={self._shortened}>"
+
+
+class _Scheduler(Protocol):
+    async def run(
+        self,
+        call: Callable[[Any], Awaitable[str]],
+        *,
+        model: str,
+        priority: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> str: ...
+
+
+@final
+class SchedulerSummarizer:
+    """The built-in summarizer: asks ``model`` through the same scheduler.
+
+    It runs at a less urgent ``priority`` than user traffic (higher numbers
+    wait longer) and within ``share`` of the time the request has left, so a
+    summary can never make the request miss its own deadline.  ``complete``
+    does the HTTP call; the default speaks the OpenAI chat completions API.
+    """
+
+    __slots__ = (
+        "_api_key",
+        "_client",
+        "_complete",
+        "max_tokens",
+        "model",
+        "priority",
+        "sched",
+        "share",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        sched: _Scheduler,
+        *,
+        model: str,
+        priority: int = 100,
+        share: float = 0.5,
+        timeout: float = 60.0,
+        max_tokens: int = 512,
+        complete: Callable[[Any, list[dict[str, Any]], int], Awaitable[str]] | None = None,
+        api_key: Callable[[], str] | None = None,
+        client: Any = None,
+    ) -> None:
+        self.sched, self.model, self.priority = sched, model, priority
+        self.share = check_float("share", share, low=0.0, high=1.0, low_open=True)
+        self.timeout = check_float("timeout", timeout, low=0.0, low_open=True)
+        self.max_tokens = check_int("max_tokens", max_tokens)
+        self._complete = complete or self._openai
+        self._api_key, self._client = api_key, client
+
+    async def __call__(self, messages: Sequence[Message], *, deadline: float = math.inf) -> str:
+        import anyio
+
+        timeout = self.timeout
+        if deadline < math.inf:
+            timeout = min(timeout, (deadline - anyio.current_time()) * self.share)
+        if timeout <= 0:
+            raise TimeoutError("no time left for a summary")
+        transcript = "\n".join(f"{m.role}: {text_of(m)}" for m in messages)
+        prompt = [
+            {"role": "system", "content": _SUMMARY_PROMPT},
+            {"role": "user", "content": transcript},
+        ]
+
+        async def call(lease: Any) -> str:
+            return await self._complete(lease, prompt, self.max_tokens)
+
+        return await self.sched.run(call, model=self.model, priority=self.priority, timeout=timeout)
+
+    async def _openai(self, lease: Any, messages: list[dict[str, Any]], max_tokens: int) -> str:
+        import httpx
+
+        url = lease.endpoint.url.rstrip("/")
+        url += "/chat/completions" if url.endswith("/v1") else "/v1/chat/completions"
+        headers = {"Authorization": f"Bearer {self._api_key()}"} if self._api_key else {}
+        body = {
+            "model": lease.endpoint.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+        client = self._client or httpx.AsyncClient()
+        try:
+            r = await client.post(url, json=body, headers=headers, timeout=lease.remaining())
+            r.raise_for_status()
+            return str(r.json()["choices"][0]["message"]["content"])
+        finally:
+            if self._client is None:
+                await client.aclose()
+
+    def __repr__(self) -> str:
+        return f"SchedulerSummarizer(model={self.model!r}, priority={self.priority})"
+
+
+_SUMMARY_PROMPT = (
+    "Summarize the conversation below for the assistant that continues it. Keep every fact,"
+    " decision, file name, identifier, number and open task; drop pleasantries. Be brief."
+)

@@ -13,13 +13,14 @@ runs in the controller actor (``AdmissionController``) that owns it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import final
 
 import anyio
+import msgspec
 
 from lmgate._endpoint import Endpoint, EndpointRef
-from lmgate._errors import EndpointUnavailable, Rejected, SchedulerClosed
+from lmgate._errors import DeadlineExceeded, EndpointUnavailable, Rejected, SchedulerClosed
 from lmgate.policies._sample import OutcomeClass, Sample
 from lmgate.scheduler._lease import EventLike, Lease, Waiter
 from lmgate.scheduler._messages import EndpointMessage, Routing
@@ -128,9 +129,25 @@ class Admission:
 
     # -- caller side ---------------------------------------------------------------
 
-    def submit(self, model: str, priority: int, deadline: float, now: float) -> Lease | Waiter:
-        """Count a request and grant it now, or queue it, or refuse it."""
-        self.submitted += 1
+    def submit(
+        self,
+        model: str,
+        priority: int,
+        deadline: float,
+        now: float,
+        *,
+        exclude: Collection[int] | None = None,
+        count: bool = True,
+    ) -> Lease | Waiter:
+        """Count a request and grant it now, or queue it, or refuse it.
+
+        A retry passes ``count=False`` (the request was counted when first
+        submitted) and the endpoints it failed on as ``exclude``: they are
+        passed over for an immediate grant, but a retry that has to queue
+        takes whichever endpoint frees up first.
+        """
+        if count:
+            self.submitted += 1
         if self.closed:
             self.outcomes["closed"] += 1
             raise SchedulerClosed("the scheduler is closed")
@@ -139,7 +156,7 @@ class Admission:
             self.outcomes["unavailable"] += 1
             raise EndpointUnavailable(f"no endpoint serves model {model!r}")
         if not self.queue.waiting(model):
-            slot = self._pick(slots, now)
+            slot = self._pick(slots, now, exclude)
             if slot is not None:
                 return self._grant(slot, model, priority, deadline, now, now)
         if all(s.routing == "down" for s in slots):
@@ -201,8 +218,13 @@ class Admission:
         outcome: OutcomeClass | None = None,
         result: str | None = None,
         retry_after: float | None = None,
+        count: bool = True,
     ) -> None:
-        """Release ``lease``: count its outcome, feed back, hand the slot on."""
+        """Release ``lease``: count its outcome, feed back, hand the slot on.
+
+        ``count=False`` ends an attempt whose request goes on (a retry): the
+        sample is fed back, no outcome is counted.
+        """
         if lease._released:
             return
         lease._released = True
@@ -219,7 +241,11 @@ class Admission:
             result = "completed" if error is None else "failed"
             if outcome == "cancelled":
                 result = "cancelled"
-        self.outcomes[result] += 1
+            elif isinstance(error, DeadlineExceeded):
+                # A transport releasing an acquire()d lease at its deadline.
+                result = "deadline_exceeded"
+        if count:
+            self.outcomes[result] += 1
         duration = now - lease.granted_at
         if outcome == "success":
             prev = slot.service_time
@@ -262,6 +288,11 @@ class Admission:
         slot.routing = routing
         slot.state = state
         slot.trials = trials
+
+    def set_url(self, index: int, url: str) -> None:
+        """The endpoint's server moved: new leases carry its new URL."""
+        slot = self.slots[index]
+        slot.refs = {m: msgspec.structs.replace(ref, url=url) for m, ref in slot.refs.items()}
 
     def dispatch(self, now: float) -> None:
         """Grant queued requests to endpoints with room; fail the unroutable."""
@@ -306,12 +337,17 @@ class Admission:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _pick(self, slots: tuple[EndpointSlot, ...], now: float) -> EndpointSlot | None:
+    def _pick(
+        self,
+        slots: tuple[EndpointSlot, ...],
+        now: float,
+        exclude: Collection[int] | None = None,
+    ) -> EndpointSlot | None:
         """The least loaded endpoint (relative to its limit) with room."""
         best: EndpointSlot | None = None
         best_load = 2.0
         for s in slots:
-            if s.routing != "up":
+            if s.routing != "up" or (exclude is not None and s.index in exclude):
                 continue
             limit = s.effective_limit
             if s.in_flight >= limit:

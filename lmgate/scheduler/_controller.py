@@ -15,7 +15,13 @@ import anyio
 import anyio.abc
 
 from lmgate.scheduler._admission import Admission
-from lmgate.scheduler._messages import ControllerMessage, Kick, LimitChanged, StateChanged
+from lmgate.scheduler._messages import (
+    ControllerMessage,
+    Kick,
+    LimitChanged,
+    StateChanged,
+    UrlChanged,
+)
 
 __all__ = ["AdmissionController"]
 
@@ -43,6 +49,8 @@ class AdmissionController:
                         admission.set_limit(index, limit, now)
                     case StateChanged(endpoint=index, routing=routing, state=state, trials=t):
                         admission.set_state(index, routing, state, t, now)
+                    case UrlChanged(endpoint=index, url=url):
+                        admission.set_url(index, url)
                     case Kick():
                         pass
                 admission.dispatch(now)

@@ -16,13 +16,14 @@ import anyio.abc
 
 from lmgate._endpoint import Endpoint
 from lmgate._events import Event
+from lmgate.policies._limit import LimitPolicy, LimitState
 from lmgate.scheduler._lease import Lease
-from lmgate.scheduler._messages import ControllerMessage, LimitChanged
+from lmgate.scheduler._messages import ControllerMessage, LimitChanged, Routing, StateChanged
 
 if TYPE_CHECKING:
     from lmgate.scheduler._scheduler import Scheduler
 
-__all__ = ["Coordinator", "CoordinatorHandle"]
+__all__ = ["Coordinator", "CoordinatorHandle", "SharesLimits"]
 
 
 @runtime_checkable
@@ -45,6 +46,18 @@ class Coordinator(Protocol):
         ...
 
 
+@runtime_checkable
+class SharesLimits(Protocol):
+    """A coordinator that also owns each endpoint's limit (optional).
+
+    The scheduler then gives each endpoint actor the state this returns
+    instead of ``policy.build()``: it sees every sample of the endpoint and
+    answers with the limit shared by all processes.
+    """
+
+    def limit_state(self, endpoint: Endpoint, policy: LimitPolicy) -> LimitState: ...
+
+
 @final
 class CoordinatorHandle:
     """What a coordinator may see and do inside the scheduler."""
@@ -65,6 +78,22 @@ class CoordinatorHandle:
 
     def local_in_flight(self, name: str) -> int:
         return self._sched._admission.slots[self._index[name]].in_flight
+
+    @property
+    def closed(self) -> bool:
+        """True once the scheduler admits nothing more."""
+        return self._sched._admission.closed
+
+    def local_state(self, name: str) -> tuple[Routing, str, int | None]:
+        """Routing, state name and half-open trials admission uses for an endpoint."""
+        slot = self._sched._admission.slots[self._index[name]]
+        return slot.routing, slot.state, slot.trials
+
+    async def set_local_state(
+        self, name: str, routing: Routing, state: str, trials: int | None = None
+    ) -> None:
+        """Route an endpoint as another process's breaker says (or restore ours)."""
+        await self._controller.send(StateChanged(self._index[name], routing, state, trials))
 
     async def set_local_limit(self, name: str, limit: int) -> None:
         """Change this process's limit for an endpoint (e.g. a fallback share)."""

@@ -22,6 +22,7 @@ __all__ = [
     "Routing",
     "StateChanged",
     "Tick",
+    "UrlChanged",
 ]
 
 #: How admission may use an endpoint: ``up`` routes to it; ``held`` keeps
@@ -50,7 +51,15 @@ class Kick(msgspec.Struct, frozen=True, tag=True):
     """Re-run dispatch (e.g. a hold time elapsed)."""
 
 
-ControllerMessage = LimitChanged | StateChanged | Kick
+@final
+class UrlChanged(msgspec.Struct, frozen=True, tag=True):
+    """The endpoint's server answers at ``url`` now (it moved ports)."""
+
+    endpoint: int
+    url: str
+
+
+ControllerMessage = LimitChanged | StateChanged | Kick | UrlChanged
 
 
 @final

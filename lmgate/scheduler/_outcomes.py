@@ -30,18 +30,15 @@ def classify_error(
     error: BaseException, user: Callable[[BaseException], OutcomeClass | None] | None
 ) -> tuple[OutcomeClass, float | None]:
     """The sample class of a call's error, and the server's Retry-After if any."""
-    if user is not None:
-        try:
-            mapped = user(error)
-        except Exception:  # a broken user hook must not break release
-            mapped = None
-        if mapped is not None:
-            return mapped, getattr(error, "retry_after", None)
     try:
-        from lmgate.policies._classify import classify
+        from lmgate.policies._classify import compose
     except ImportError:  # pragma: no cover - the full classifier ships with lmgate
         return _basic(error), getattr(error, "retry_after", None)
-    c = classify(error, cancelled_exc=anyio.get_cancelled_exc_class())
+    # compose() ignores a user hook that raises or answers junk (release must
+    # never fail, and a bad class would break the endpoint actor), and keeps
+    # a cancellation a cancellation.  Both backends' cancellation classes are
+    # BaseExceptions the classifier knows, so no event loop is needed here.
+    c = compose(user)(error)
     return c.outcome, c.retry_after
 
 

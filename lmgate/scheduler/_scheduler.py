@@ -25,8 +25,8 @@ from lmgate.actors._endpoint import EndpointActor
 from lmgate.policies._limit import Fixed, LimitPolicy, check_float, check_int
 from lmgate.scheduler._admission import Admission, EndpointSlot
 from lmgate.scheduler._controller import AdmissionController
-from lmgate.scheduler._coordinator import Coordinator, CoordinatorHandle
-from lmgate.scheduler._lease import EventLike, Lease, Waiter
+from lmgate.scheduler._coordinator import Coordinator, CoordinatorHandle, SharesLimits
+from lmgate.scheduler._lease import EventLike, Lease, ScopeLike, Waiter
 from lmgate.scheduler._messages import ControllerMessage, EndpointMessage
 from lmgate.scheduler._stats import EndpointStats, Stats
 
@@ -85,7 +85,11 @@ class Scheduler:
         slots = []
         self._limit_states = []
         for i, ep in enumerate(self._endpoints):
-            state = (ep.limit or limit).build()
+            policy = ep.limit or limit
+            if isinstance(coordinator, SharesLimits):
+                state = coordinator.limit_state(ep, policy)
+            else:
+                state = policy.build()
             self._limit_states.append(state)
             slots.append(EndpointSlot(i, ep, state.limit, None))
         self._admission = Admission(slots, queue_size=self._queue_size, aging=self._aging)
@@ -94,6 +98,7 @@ class Scheduler:
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
         self._entered = False
+        self._new_scope: Callable[..., ScopeLike] = anyio.CancelScope
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -101,7 +106,7 @@ class Scheduler:
         if self._entered:
             raise SchedulerClosed("a Scheduler can be entered once")
         self._entered = True
-        self._admission.clock, self._admission.new_event = _backend_primitives()
+        self._admission.clock, self._admission.new_event, self._new_scope = _backend_primitives()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -182,18 +187,43 @@ class Scheduler:
         """
         if not callable(call):
             raise InvalidParameter("call must be an async callable taking the lease", field="call")
-        lease = await self.acquire(model=model, priority=priority, timeout=timeout)
-        scope = anyio.CancelScope(deadline=lease.deadline)
-        lease._scope = scope
+        if self._coordinator is not None:
+            lease = await self.acquire(model=model, priority=priority, timeout=timeout)
+            waiter = None
+        else:
+            # One cancel scope covers the wait and the call: it is the
+            # request's one deadline, and the handle close() cancels.
+            deadline = self._deadline(model, priority, timeout)
+            if type(model) is not str:
+                model = str.__str__(model)
+            adm = self._admission
+            got = adm.submit(model, priority, deadline, adm.clock())
+            if type(got) is Lease:
+                lease, waiter = got, None
+            else:
+                lease, waiter = None, got  # type: ignore[assignment]
+        scope = self._new_scope(deadline=lease.deadline if waiter is None else waiter.deadline)
         try:
             with scope:
+                if waiter is not None:
+                    await waiter.event.wait()
+                    if waiter.error is not None:
+                        raise waiter.error
+                    lease = waiter.lease  # type: ignore[assignment]
+                lease._scope = scope
                 result = await call(lease)
         except BaseException as exc:
+            if waiter is not None and (lease is None or lease._scope is None):
+                self._admission.leave(waiter, "cancelled")
+                raise
             replacement = self._after_error(lease, exc, scope)
             if replacement is None:
                 raise
             raise replacement from exc
         if scope.cancelled_caught:
+            if waiter is not None and (lease is None or lease._scope is None):
+                self._admission.leave(waiter, "deadline_exceeded")
+                raise DeadlineExceeded(f"no slot for {model!r} before the deadline")
             raise self._interrupted(lease)
         self._admission.finish(lease, None)
         return result
@@ -243,6 +273,9 @@ class Scheduler:
             adm.finish(lease, None, outcome="cancelled", result="deadline_exceeded")
             raise DeadlineExceeded("no shared slot before the deadline")
         lease._coordinated = True
+        # The call starts now: time spent waiting for the shared slot is
+        # queueing, not service, for the samples and the service time.
+        lease.granted_at = adm.clock()
 
     def _deadline(self, model: object, priority: object, timeout: object) -> float:
         if not self._running:
@@ -280,7 +313,7 @@ class Scheduler:
         raise DeadlineExceeded(f"no slot for {waiter.model!r} before the deadline")
 
     def _after_error(
-        self, lease: Lease, exc: BaseException, scope: anyio.CancelScope
+        self, lease: Lease, exc: BaseException, scope: ScopeLike
     ) -> BaseException | None:
         """Release after the call raised; return an error to raise instead, if any."""
         adm = self._admission
@@ -357,15 +390,21 @@ class Scheduler:
         )
 
 
-def _backend_primitives() -> tuple[Callable[[], float], Callable[[], EventLike]]:
-    """The running backend's clock and event class, looked up once."""
+def _backend_primitives() -> tuple[
+    Callable[[], float], Callable[[], EventLike], Callable[..., ScopeLike]
+]:
+    """The running backend's clock, event and cancel scope, looked up once.
+
+    anyio's portable wrappers find the backend on every call; on the
+    per-request path that lookup costs more than the work it wraps.
+    """
     if sniffio.current_async_library() == "trio":
         import trio
 
-        return trio.current_time, trio.Event
+        return trio.current_time, trio.Event, trio.CancelScope
     import asyncio
 
-    return asyncio.get_running_loop().time, asyncio.Event
+    return asyncio.get_running_loop().time, asyncio.Event, anyio.CancelScope
 
 
 def _default_limit() -> LimitPolicy:
@@ -395,7 +434,7 @@ class _LeaseContext:
         lease = await self._sched.acquire(
             model=self._model, priority=self._priority, timeout=self._timeout
         )
-        scope = anyio.CancelScope(deadline=lease.deadline)
+        scope = self._sched._new_scope(deadline=lease.deadline)
         lease._scope = scope
         scope.__enter__()
         self._lease = lease

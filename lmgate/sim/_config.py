@@ -77,7 +77,9 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         if self.kv_overflow not in ("fail", "preempt"):
             raise InvalidParameter("kv_overflow must be 'fail' or 'preempt'", field="kv_overflow")
         if self.queue_full_status not in (429, 503):
-            raise InvalidParameter("queue_full_status must be 429 or 503", field="queue_full_status")
+            raise InvalidParameter(
+                "queue_full_status must be 429 or 503", field="queue_full_status"
+            )
         if self.queue_full_retry_after is not None:
             check_float("queue_full_retry_after", self.queue_full_retry_after)
         for field in ("prompt_tokens", "output_tokens"):

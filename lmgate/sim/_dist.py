@@ -43,7 +43,11 @@ class Dist(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     def __post_init__(self) -> None:
         for name in ("value", "low", "high", "mean", "sigma", "min"):
             _check_finite(name, getattr(self, name))
-        if isinstance(self.max, bool) or not isinstance(self.max, int | float) or self.max != self.max:
+        if (
+            isinstance(self.max, bool)
+            or not isinstance(self.max, int | float)
+            or self.max != self.max
+        ):
             raise InvalidParameter("max must be a number", field="max")
         if self.min < 0:
             raise InvalidParameter("min must be >= 0", field="min")
@@ -93,7 +97,11 @@ class Dist(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
             return f"Dist.fixed({self.value:g})"
         if self.kind == "uniform":
             return f"Dist.uniform({self.low:g}, {self.high:g})"
-        clip = "" if (self.min, self.max) == (0.0, math.inf) else f", min={self.min:g}, max={self.max:g}"
+        clip = (
+            ""
+            if (self.min, self.max) == (0.0, math.inf)
+            else f", min={self.min:g}, max={self.max:g}"
+        )
         return f"Dist.lognormal({self.mean:g}, {self.sigma:g}{clip})"
 
 

@@ -10,7 +10,7 @@ write finishes at ``V0 + P + k`` whatever happens in between, so its marks
 go into one heap once and never need re-timing; only the *time* at which
 ``V`` reaches the heap's top moves, and exactly one waiting task (the
 holder) sleeps until then.  A request costs a handful of heap operations and
-two or three task wake-ups, however long it is.
+task wake-ups, however many tokens it writes.
 
 The KV cache is the prompt of every admitted sequence plus what it has
 written; it grows by one token per step per decoding sequence, so the point
@@ -173,6 +173,11 @@ class Engine:
         self.kv_peak = max(self.kv_peak, self._kv)
 
     def kv_used(self, now: float) -> float:
+        """KV tokens held at ``now`` (as of the last event when ``now`` is unknown)."""
+        if not self.active:
+            return 0.0
+        if not math.isfinite(now):
+            return self._kv
         v = self._v_at(now)
         return self._kv + self._decoding * (v - self._kv_v)
 
@@ -220,9 +225,9 @@ class Engine:
 
     def remove(self, seq: Seq, now: float) -> None:
         """Take out a sequence whose caller gave up, freeing what it held."""
-        if seq.state not in (QUEUED, ACTIVE):
-            return
         self.advance(now)
+        if seq.state not in (QUEUED, ACTIVE):
+            return  # it ended on its own, possibly in this very advance
         v = self._here(now)
         if seq.state == QUEUED:
             self.queue.remove(seq)
@@ -365,6 +370,11 @@ class Engine:
 
     def _settle(self) -> None:
         """Make sure a live sequence holds the timer, and wake it to re-time."""
+        if not self.active and not self.queue:
+            # Idle: restart the batch clock at zero so it never loses precision.
+            self._heap.clear()
+            self._v0 = self._kv_v = self._kv = 0.0
+            self._decoding = 0
         holder = self.holder
         if holder is None or holder.state not in (QUEUED, ACTIVE):
             holder = next(iter(self.active), None)

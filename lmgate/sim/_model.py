@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Protocol, final
+from typing import Any, Literal, Protocol, final
 from urllib.parse import urlsplit
 
 import anyio
+import msgspec
 
 from lmgate._endpoint import Endpoint
 from lmgate._errors import ContextOverflow, InvalidParameter, Overloaded
@@ -62,6 +63,9 @@ class SimLease(Protocol):
 class SimServer:
     """A continuous-batching model server, simulated in the caller's tasks.
 
+    Build it from a :class:`SimConfig` or from its fields as keywords (both:
+    the keywords override the config).  Requests that arrive in the same
+    instant reach the server in the order the event loop runs their tasks.
     Errors are those a client of a real server would map them to:
     :class:`~lmgate.Overloaded` (429/503), ``ConnectionRefusedError`` when
     crashed or addressed at an old port, ``ConnectionResetError`` for
@@ -72,12 +76,10 @@ class SimServer:
     def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
         if config is None:
             config = SimConfig(**overrides)
-        elif overrides:
-            import msgspec
-
-            config = msgspec.structs.replace(config, **overrides)
-        if not isinstance(config, SimConfig):
+        elif not isinstance(config, SimConfig):
             raise InvalidParameter("config must be a SimConfig", field="config")
+        elif overrides:
+            config = msgspec.structs.replace(config, **overrides)
         self.config = config
         self.port = config.port
         self.model = config.model
@@ -155,7 +157,7 @@ class SimServer:
                 tokens=prompt,
                 window=window,
             )
-        finish = "stop"
+        finish: Literal["stop", "length"] = "stop"
         if prompt + output > window:
             output, finish = window - prompt, "length"
         engine = self._engine
@@ -178,10 +180,13 @@ class SimServer:
             )
         try:
             await _wait(engine, seq)
-        finally:
+        except BaseException:
+            # Only a cancellation gets here; the sequence may have ended in
+            # the same instant, in which case there is nothing to free.
             if seq.state in (QUEUED, ACTIVE):
                 engine.remove(seq, anyio.current_time())
-                self._failed["cancelled"] += 1
+            self._failed["cancelled"] += 1
+            raise
         self._peak()
         if seq.state != DONE:
             self._failed[seq.error] += 1
@@ -235,6 +240,9 @@ class SimServer:
         self._hung_waiting += 1
         try:
             await self._unhung.wait()
+        except BaseException:
+            self._failed["cancelled"] += 1
+            raise
         finally:
             self._hung_waiting -= 1
         if generation != self._generation:
@@ -352,8 +360,8 @@ class SimServer:
         self._peak()
         try:
             now = anyio.current_time()
-        except Exception:
-            now = 0.0
+        except RuntimeError:  # outside an event loop: time-limited faults read as over
+            now = math.inf
         return SimStatistics(
             name=self.config.name,
             state=self._state(now),
@@ -368,7 +376,7 @@ class SimServer:
             served=self._served,
             failed=dict(self._failed),
             preempted=engine.preempted,
-            kv_used=round(engine.kv_used(now)) if engine.active else 0,
+            kv_used=round(engine.kv_used(now)),
             kv_peak=round(engine.kv_peak),
             kv_budget=engine.kv_budget,
             step_time=engine.step_time(),

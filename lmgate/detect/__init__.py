@@ -1,0 +1,48 @@
+"""Knowing what an endpoint is, by evidence rather than by guesswork.
+
+``locality(url)`` says where a URL points without touching the network;
+``probe(url)`` asks the server through its documented routes what it is,
+which models it serves with which context windows and how many slots it
+has; the fingerprint rules decide from the combination of signals whether
+it is a self-hosted model server or a cloud API.
+"""
+
+from lmgate.detect._evidence import Observation
+from lmgate.detect._fingerprint import SELF_HOSTED_KINDS, Evidence, Verdict, decide
+from lmgate.detect._locality import Locality, UrlLocality, classify_url, locality
+from lmgate.detect._probe import (
+    ProbeCache,
+    ProbeCacheStatistics,
+    ServerInfo,
+    invalidate,
+    probe,
+    server_root,
+)
+from lmgate.detect._tokens import TokenCount, TokenEstimator, TokenEstimatorStatistics, count_tokens
+from lmgate.detect._windows import WindowChoice, family_default, resolve_window, server_default
+
+__all__ = [
+    "SELF_HOSTED_KINDS",
+    "Evidence",
+    "Locality",
+    "Observation",
+    "ProbeCache",
+    "ProbeCacheStatistics",
+    "ServerInfo",
+    "TokenCount",
+    "TokenEstimator",
+    "TokenEstimatorStatistics",
+    "UrlLocality",
+    "Verdict",
+    "WindowChoice",
+    "classify_url",
+    "count_tokens",
+    "decide",
+    "family_default",
+    "invalidate",
+    "locality",
+    "probe",
+    "resolve_window",
+    "server_default",
+    "server_root",
+]

@@ -1,0 +1,491 @@
+"""lmgate's default limit for language-model endpoints.
+
+Why not a gradient against the no-load latency, as Gradient2 and Envoy do?
+On a GPU, per-token time rises with batch size long before throughput stops
+rising.  A controller that reads any rise over the idle latency as a queue
+settles where that rise reaches its tolerance: a dozen requests on a server
+whose best fixed concurrency is over a hundred.  What matters is the
+*marginal* cost -- how much latency one more slot adds, relative to the
+throughput it adds -- so this policy measures latency at neighbouring
+limits and keeps a step only when it is worth it.  With latency ratio ``r``
+between a step and the held limit, ``e = ln r / ln(step / limit)`` is the
+latency elasticity: near 0 below a knee (batching is free), 1 or more past
+it (every extra request only waits).  An up-step is kept when ``e <
+elasticity``, a down-step when ``e > elasticity``.
+
+Latency is read per request, normalised so output length cannot pass for
+load: a window's reference holds the median time to first token (divided by
+``1 + prompt_tokens / prompt_scale``), time per output token after the
+first, time per token and raw duration, and each request is compared with
+the duration the reference predicts for its own sizes, from the most
+specific figures both have.  Cancelled, client-error and loading outcomes
+are not samples.  Overload, error and timeout are drops, never latencies:
+the first drop of a request granted since the last cut cuts the limit by
+``backoff`` at once, so a fast failure can neither look healthy nor cut
+twice for one overload.
+
+How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
+
+- *Startup*: the limit multiplies by ``startup_factor`` while that is
+  worth it; the first refusal starts a run of down-steps at once.
+- *Probes*: every ``probe_interval`` seconds, give or take ``probe_jitter``
+  (drawn from a generator seeded by ``seed``), it steps by ``probe_step`` of
+  itself (at least one slot), alternately up and down.  A kept step is
+  followed at once by one twice as large (up to a quarter of the limit) in
+  the same direction, so a run covers a large change quickly.  The first
+  step of a routine run is judged against windows at the held limit both
+  before and after it, so a drift in latency cancels out.
+- *Shifts*: a steady window whose latency moved more than ``1 + jump``
+  times from the reference means the server changed.  It is not a cut --
+  a server that got uniformly slower still wants the same concurrency --
+  but a new reference and an immediate probe run towards the change, which
+  finds out whether the knee moved.
+
+A window takes at least ``window`` seconds and ``window_samples`` samples,
+and only from requests granted ``settle`` request-durations after the last
+change: a new limit takes about one request's time to reach its steady
+state, and the first requests to finish are those that saw least of it.
+
+Between probes the limit does not move at all, which is the hysteresis;
+wrapping this policy in :class:`~lmgate.policies.Hysteresis` is not needed
+and would hold back the steps it measures.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Final, NamedTuple, final
+
+import msgspec
+
+from lmgate._errors import InvalidParameter
+from lmgate.policies._limit import LimitStatistics, check_float, check_int
+from lmgate.policies._sample import Sample
+from lmgate.policies._windows import DROPS, is_positive_finite, median
+
+__all__ = ["Adaptive", "AdaptiveState"]
+
+_NAN: Final = math.nan
+_MIN_CHANNEL: Final = 3  # values a window needs for a channel median to count
+
+
+@final
+class Adaptive(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of lmgate's default limit; :meth:`build` makes one endpoint's state.
+
+    ``window`` and ``window_samples`` are the least time and fresh samples a
+    measurement takes; ``probe_timeout`` abandons a probe that gets no
+    samples (the client went quiet).
+    """
+
+    initial_limit: int = 4
+    min_limit: int = 1
+    max_limit: int = 256
+    elasticity: float = 0.6
+    probe_step: float = 0.0625
+    probe_interval: float = 60.0
+    probe_jitter: float = 0.25
+    probe_timeout: float = 120.0
+    startup_factor: float = 2.0
+    settle: float = 1.0
+    jump: float = 0.25
+    backoff: float = 0.9
+    smoothing: float = 0.2
+    window: float = 1.0
+    window_samples: int = 8
+    max_window_samples: int = 256
+    prompt_scale: float = 1024.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("min_limit", self.min_limit, low=1, high=1_000_000)
+        check_int("max_limit", self.max_limit, low=self.min_limit, high=1_000_000)
+        check_int("initial_limit", self.initial_limit, low=self.min_limit, high=self.max_limit)
+        check_float("elasticity", self.elasticity, low=0.0, low_open=True, high=1.0)
+        check_float("probe_step", self.probe_step, low=0.0, low_open=True, high=1.0)
+        check_float("probe_interval", self.probe_interval, low=0.0, high=86_400.0)
+        check_float("probe_jitter", self.probe_jitter, low=0.0, high=0.99)
+        check_float("probe_timeout", self.probe_timeout, low=0.0, low_open=True, high=86_400.0)
+        check_float("startup_factor", self.startup_factor, low=1.0, high=100.0)
+        check_float("settle", self.settle, low=0.0, high=100.0)
+        check_float("jump", self.jump, low=0.0, low_open=True, high=100.0)
+        check_float("backoff", self.backoff, low=0.1)
+        if self.backoff >= 1.0:
+            raise InvalidParameter("backoff must be < 1", field="backoff")
+        check_float("smoothing", self.smoothing, low=0.0, high=1.0)
+        check_float("window", self.window, low=0.0, high=3600.0)
+        check_int("window_samples", self.window_samples, low=1, high=100_000)
+        check_int("max_window_samples", self.max_window_samples, low=self.window_samples)
+        if self.max_window_samples > 100_000:
+            raise InvalidParameter(
+                "max_window_samples must be <= 100000", field="max_window_samples"
+            )
+        check_float("prompt_scale", self.prompt_scale, low=0.0, high=1e9)
+        check_int("seed", self.seed, low=0)
+
+    def build(self) -> AdaptiveState:
+        return AdaptiveState(self)
+
+
+class _Obs(NamedTuple):
+    """One usable latency sample, reduced to what the measurement needs."""
+
+    in_flight: int
+    duration: float
+    ttft: float  # normalised by prompt size; NaN when unknown
+    tpot: float  # per output token after the first; NaN when unknown
+    per_token: float  # duration / output tokens; NaN when unknown
+    prompt_factor: float
+    tokens: int
+
+
+class _Profile(NamedTuple):
+    """A window's medians per channel (NaN: too few values) and its load."""
+
+    ttft: float
+    tpot: float
+    per_token: float
+    duration: float
+    in_flight: float
+
+
+def _observe(sample: Sample, prompt_scale: float) -> _Obs | None:
+    duration = sample.duration
+    if not is_positive_finite(duration):
+        return None
+    tokens = sample.output_tokens if sample.output_tokens is not None else 0
+    prompt = sample.prompt_tokens if sample.prompt_tokens is not None else 0
+    factor = 1.0 + max(0, prompt) / prompt_scale if prompt_scale > 0.0 else 1.0
+    ttft = tpot = per_token = _NAN
+    first = sample.ttft
+    if first is not None and 0.0 <= first <= duration:
+        ttft = first / factor
+        if tokens >= 2 and duration > first:
+            tpot = (duration - first) / (tokens - 1)
+    if tokens >= 1:
+        per_token = duration / tokens
+    return _Obs(max(1, sample.in_flight), duration, ttft, tpot, per_token, factor, tokens)
+
+
+def _channel(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return median(finite) if len(finite) >= _MIN_CHANNEL else _NAN
+
+
+def _profile(obs: list[_Obs]) -> _Profile:
+    return _Profile(
+        _channel([o.ttft for o in obs]),
+        _channel([o.tpot for o in obs]),
+        _channel([o.per_token for o in obs]),
+        median([o.duration for o in obs]),
+        sum(o.in_flight for o in obs) / len(obs),
+    )
+
+
+def _blend(old: _Profile, new: _Profile, weight: float) -> _Profile:
+    def mix(a: float, b: float) -> float:
+        if a != a:
+            return b
+        return a if b != b else a + (b - a) * weight
+
+    return _Profile(
+        mix(old.ttft, new.ttft),
+        mix(old.tpot, new.tpot),
+        mix(old.per_token, new.per_token),
+        mix(old.duration, new.duration),
+        mix(old.in_flight, new.in_flight),
+    )
+
+
+def _predict(o: _Obs, ref: _Profile) -> float:
+    """The duration the reference expects for this request's sizes."""
+    if o.tpot == o.tpot and ref.ttft == ref.ttft and ref.tpot == ref.tpot:
+        return ref.ttft * o.prompt_factor + (o.tokens - 1) * ref.tpot
+    if o.per_token == o.per_token and ref.per_token == ref.per_token:
+        return o.tokens * ref.per_token
+    return ref.duration
+
+
+def _ratio(obs: list[_Obs], ref: _Profile) -> float:
+    """Median of actual over predicted duration; NaN if none is comparable."""
+    ratios = []
+    for o in obs:
+        predicted = _predict(o, ref)
+        if predicted > 0.0:
+            r = o.duration / predicted
+            if 0.0 < r < math.inf:
+                ratios.append(r)
+    return median(ratios) if ratios else _NAN
+
+
+@final
+class AdaptiveState:
+    """One endpoint's limit under :class:`Adaptive`."""
+
+    __slots__ = (
+        "_before",
+        "_config",
+        "_counts",
+        "_cut_epoch",
+        "_direction",
+        "_epoch",
+        "_limit",
+        "_next_probe",
+        "_now",
+        "_obs",
+        "_pending",
+        "_probe_level",
+        "_ratio",
+        "_ref",
+        "_rng",
+        "_run",
+        "_startup",
+        "_step",
+        "_urgent",
+        "_window_start",
+    )
+
+    def __init__(self, config: Adaptive) -> None:
+        self._config = config
+        self._rng = random.Random(config.seed)
+        self._limit = config.initial_limit
+        self._probe_level = 0  # the step being measured; 0 while holding
+        self._pending: tuple[int, list[_Obs], _Profile] | None = None
+        self._direction = 1
+        self._step = 1
+        self._run = 0  # steps kept in a row in the current direction
+        self._startup = True
+        self._urgent = False  # the next run follows a shift: no bracketing
+        self._ref: _Profile | None = None  # steady reference, averaged
+        self._before: _Profile | None = None  # the latest window at the held limit
+        self._ratio = _NAN
+        self._now = -math.inf
+        self._next_probe = -math.inf
+        self._epoch = -math.inf
+        self._cut_epoch = -math.inf
+        self._window_start = -math.inf
+        self._obs: list[_Obs] = []
+        self._counts = dict.fromkeys(
+            ("samples", "drops", "windows", "cuts", "shifts", "probes", "kept", "aborted"), 0
+        )
+
+    @property
+    def limit(self) -> int:
+        return self._probe_level or self._limit
+
+    def _clock(self, now: float) -> float:
+        if math.isfinite(now) and now > self._now:
+            self._now = now
+        return self._now
+
+    def update(self, sample: Sample, now: float) -> int:
+        now = self._clock(now)
+        outcome = sample.outcome
+        if outcome in DROPS:
+            self._counts["samples"] += 1
+            self._counts["drops"] += 1
+            if sample.start >= self._cut_epoch:
+                self._cut(now)
+            return self.limit
+        if outcome != "success":
+            return self.limit
+        self._counts["samples"] += 1
+        obs = _observe(sample, self._config.prompt_scale)
+        if obs is None or sample.start < self._epoch or obs.in_flight > self.limit:
+            return self.limit
+        if len(self._obs) < self._config.max_window_samples:
+            self._obs.append(obs)
+        self._maybe_close(now)
+        return self.limit
+
+    def tick(self, now: float) -> int:
+        now = self._clock(now)
+        probing = self._probe_level or self._pending is not None
+        if probing and now - self._window_start > self._config.probe_timeout:
+            self._abort(now)
+        self._maybe_close(now)
+        return self.limit
+
+    # -- windows -------------------------------------------------------------
+
+    def _restart(self, now: float) -> None:
+        """Start a window for samples granted once the new limit has settled.
+
+        After a change the server takes about one request's duration to
+        reach its new steady state (a queue fills, a batch grows), and the
+        first requests to finish are the ones that saw the least of it.
+        """
+        config, known = self._config, self._before or self._ref
+        settle = config.settle * known.duration if known is not None else 0.0
+        self._epoch = self._window_start = now + min(settle, config.probe_timeout)
+        self._obs = []
+
+    def _maybe_close(self, now: float) -> None:
+        config = self._config
+        if self._window_start == -math.inf:
+            self._window_start = now
+        obs = self._obs
+        enough = len(obs) >= config.window_samples and now - self._window_start >= config.window
+        if not (enough or len(obs) >= config.max_window_samples):
+            return
+        self._counts["windows"] += 1
+        profile = _profile(obs)
+        self._obs = []
+        self._window_start = now
+        if self._probe_level:
+            self._measured(obs, profile, now)
+        elif self._pending is not None:
+            self._judge(obs, profile, now)
+        else:
+            self._steady(obs, profile, now)
+
+    # -- decisions -----------------------------------------------------------
+
+    def _steady(self, obs: list[_Obs], profile: _Profile, now: float) -> None:
+        config = self._config
+        ref = self._ref
+        if ref is None:
+            self._ref = self._before = profile
+        elif profile.in_flight < ref.in_flight * (1.0 - config.probe_step):
+            return  # the client, not the server, set this window's load
+        else:
+            ratio = self._ratio = _ratio(obs, ref)
+            self._before = profile
+            if self._shifted(ratio, now):
+                return
+            if ratio == ratio:
+                self._ref = _blend(ref, profile, config.smoothing)
+        if now >= self._next_probe:
+            self._step = max(1, round(self._limit * config.probe_step))
+            self._run = 0
+            self._probe(now)
+
+    def _shifted(self, ratio: float, now: float) -> bool:
+        """Whether the server changed under a steady limit (and if so, react).
+
+        Whether its knee moved too is for a probe run to find out, from a
+        reference measured wholly after the change.
+        """
+        if not abs(math.log(ratio)) > math.log1p(self._config.jump):
+            return False
+        self._counts["shifts"] += 1
+        self._ref = self._before = None
+        self._hold(now, -1 if ratio > 1.0 else 1)
+        self._next_probe = now
+        self._urgent = True
+        return True
+
+    def _probe(self, now: float) -> None:
+        config = self._config
+        limit = self._limit
+        if self._direction > 0 and self._startup:
+            level = max(limit + 1, math.ceil(limit * config.startup_factor))
+        else:
+            level = limit + self._direction * self._step
+        level = max(config.min_limit, min(config.max_limit, level))
+        if level == limit:
+            self._end_run(now)
+            return
+        self._counts["probes"] += 1
+        self._probe_level = level
+        self._restart(now)
+
+    def _measured(self, obs: list[_Obs], profile: _Profile, now: float) -> None:
+        """A step's window is in: judge it, or first measure the way back."""
+        level, before = self._probe_level, self._before
+        if before is None or (self._direction > 0 and profile.in_flight < self._limit):
+            self._abort(now)  # nothing to compare with, or no demand to fill the step
+        elif self._startup or self._run or self._urgent:
+            self._decide(level, _ratio(obs, before), profile, now)
+        else:
+            # The first step of a routine run is bracketed by a window at the
+            # held limit before and after it, so a drift in latency cancels.
+            self._pending = (level, obs, profile)
+            self._probe_level = 0
+            self._restart(now)
+
+    def _judge(self, back: list[_Obs], after: _Profile, now: float) -> None:
+        pending, before = self._pending, self._before
+        self._pending = None
+        if pending is None or before is None or self._shifted(_ratio(back, before), now):
+            return
+        level, obs, profile = pending
+        first, second = _ratio(obs, before), _ratio(obs, after)
+        self._before = after
+        if first == first and second == second:
+            self._decide(level, math.sqrt(first * second), profile, now)
+        else:
+            self._decide(level, first if first == first else second, profile, now)
+
+    def _decide(self, level: int, ratio: float, profile: _Profile, now: float) -> None:
+        if ratio != ratio:
+            self._abort(now)
+            return
+        self._ratio = ratio
+        up = self._direction > 0
+        elasticity = math.log(ratio) / math.log(level / self._limit)
+        if (elasticity < self._config.elasticity) == up:
+            self._counts["kept"] += 1
+            self._limit = level
+            self._probe_level = 0
+            self._ref = self._before = profile
+            self._run += 1
+            self._step = min(2 * self._step, max(1, level // 4))
+            self._probe(now)
+        elif self._startup and up:
+            self._startup = False
+            self._hold(now, -1)
+            self._next_probe = now  # undo an overshoot of the last doubling
+            self._urgent = True
+        else:
+            self._end_run(now)
+
+    def _end_run(self, now: float) -> None:
+        self._hold(now, -self._direction)
+        self._schedule(now)
+
+    def _abort(self, now: float) -> None:
+        self._counts["aborted"] += 1
+        self._hold(now, self._direction)
+        self._schedule(now)
+
+    def _hold(self, now: float, direction: int) -> None:
+        self._probe_level = 0
+        self._pending = None
+        self._urgent = False
+        self._direction = direction
+        self._restart(now)
+
+    def _schedule(self, now: float) -> None:
+        config = self._config
+        spread = config.probe_jitter * self._rng.uniform(-1.0, 1.0)
+        self._next_probe = now + config.probe_interval * (1.0 + spread)
+
+    def _cut(self, now: float) -> None:
+        """A fresh drop: back off from the lower of the held and probed limits."""
+        base = min(self._limit, self.limit)
+        cut = int(base * self._config.backoff)
+        self._limit = max(self._config.min_limit, min(cut, base - 1))
+        self._counts["cuts"] += 1
+        self._startup = False
+        self._ref = self._before = None
+        self._cut_epoch = now
+        self._hold(now, 1)
+        self._schedule(now)
+
+    # -- reporting -----------------------------------------------------------
+
+    def statistics(self) -> LimitStatistics:
+        detail = {name: float(value) for name, value in self._counts.items()}
+        detail["probing"] = float(self._probe_level != 0 or self._pending is not None)
+        detail["startup"] = float(self._startup)
+        detail["ratio"] = self._ratio if math.isfinite(self._ratio) else 0.0
+        detail["held_limit"] = float(self._limit)
+        return LimitStatistics(
+            policy="Adaptive", limit=self.limit, samples=self._counts["samples"], detail=detail
+        )
+
+    def __repr__(self) -> str:
+        state = f"probing {self._probe_level}" if self._probe_level else "holding"
+        return f"<AdaptiveState limit={self._limit} {state} samples={self._counts['samples']}>"

@@ -1,0 +1,47 @@
+"""Simulated model servers for tests, benchmarks and demos.
+
+``SimServer`` is an in-process continuous-batching server that plugs in as
+the ``call`` of ``Scheduler.run()``; faults can be injected by method or by a
+``FaultSchedule``; scenario files describe whole situations (servers, load,
+timed events) and ``run_load`` generates their traffic.  Everything reads
+time through anyio only, so it all runs in virtual time.
+"""
+
+from lmgate.sim._config import SimConfig, SimKVOverflow, SimResult, SimStatistics
+from lmgate.sim._dist import Dist
+from lmgate.sim._faults import FaultAction, FaultSchedule, FaultStep, run_schedule
+from lmgate.sim._load import ClientLoad, LoadReport, LoadRequest, Submit, run_load
+from lmgate.sim._model import SimLease, SimServer
+from lmgate.sim._scenarios import (
+    ClientSpec,
+    Phase,
+    Scenario,
+    list_scenarios,
+    load_scenario,
+    parse_scenario,
+)
+
+__all__ = [
+    "ClientLoad",
+    "ClientSpec",
+    "Dist",
+    "FaultAction",
+    "FaultSchedule",
+    "FaultStep",
+    "LoadReport",
+    "LoadRequest",
+    "Phase",
+    "Scenario",
+    "SimConfig",
+    "SimKVOverflow",
+    "SimLease",
+    "SimResult",
+    "SimServer",
+    "SimStatistics",
+    "Submit",
+    "list_scenarios",
+    "load_scenario",
+    "parse_scenario",
+    "run_load",
+    "run_schedule",
+]
