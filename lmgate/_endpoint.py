@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 from urllib.parse import urlsplit
 
 import msgspec
 
 from lmgate._errors import InvalidParameter
+from lmgate.policies._classify import Classification
 from lmgate.policies._limit import LimitPolicy
 from lmgate.policies._sample import OutcomeClass
+
+if TYPE_CHECKING:
+    from lmgate.actors._resilience import ProbeReport
 
 __all__ = ["KINDS", "Endpoint", "EndpointRef"]
 
 #: Server kinds lmgate knows; ``unknown`` until a probe or the user says.
 KINDS = ("ollama", "llamacpp", "vllm", "lmstudio", "tgi", "localai", "openai", "sim", "unknown")
 
-#: Maps an exception raised by a call to an outcome class, or None to fall
-#: back to the default classifier.
-Classifier = Callable[[BaseException], OutcomeClass | None]
-#: A health check: given the endpoint, returns True when it is serving.
-HealthCheck = Callable[["Endpoint"], Awaitable[bool]]
+#: Maps an exception raised by a call to an outcome class (or a full
+#: Classification), or None to fall back to the default classifier.
+Classifier = Callable[[BaseException], OutcomeClass | Classification | None]
+#: A health check: given the endpoint, returns True when it is serving, or a
+#: ProbeReport when it knows more (loading, model identities).
+HealthCheck = Callable[["Endpoint"], Awaitable["bool | ProbeReport"]]
 
 _MAX_STR = 4096
 
@@ -107,6 +112,17 @@ class Endpoint(_Named, frozen=True, kw_only=True):
                 raise InvalidParameter(f"{field} must be a positive finite number", field=field)
         if self.api_key_env is not None:
             _check_str("api_key_env", self.api_key_env)
+
+    @classmethod
+    async def discover(cls, url: str, **fields: Any) -> Endpoint:
+        """Probe ``url`` and describe what answers there: kind, models, windows.
+
+        ``fields`` (name, limit, api_key_env, ...) are kept as given and win
+        over what the server says.
+        """
+        from lmgate.detect._learn import discover
+
+        return await discover(url, **fields)
 
     def window_for(self, model: str) -> int | None:
         """The context window known for ``model`` here, if any."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 import anyio
 
@@ -23,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="identify the model server at URL")
     probe.add_argument("url")
     probe.add_argument("--json", action="store_true", help="print JSON")
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds per probe round")
 
     bench = sub.add_parser("bench", help="run the overload benchmark in virtual time")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "probe":
         from lmgate._cli_probe import probe_command
 
-        return anyio.run(probe_command, args.url, args.json)
+        return anyio.run(partial(probe_command, args.url, args.json, timeout=args.timeout))
     if args.command == "bench":
         from lmgate.sim._bench import main as bench_main
 

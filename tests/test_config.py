@@ -19,6 +19,7 @@ from lmgate._config import (
     ConfigDiff,
     ConfigRefused,
     ConfigWatcher,
+    ContextConfig,
     Refused,
     Unchanged,
     load_config,
@@ -86,6 +87,7 @@ def test_file_builds_endpoints_and_policies(tmp_path: Path) -> None:
         "grace": 5.0,
         "tick_interval": 1.0,
         "mailbox_size": 4096,
+        "context": ContextConfig(),
         "limit": Fixed(4),
     }
 

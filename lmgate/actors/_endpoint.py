@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import math
 import random
-from typing import final
+from typing import Any, final
 
 import anyio
 import anyio.abc
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from lmgate._endpoint import Endpoint
 from lmgate._events import EventHub
@@ -48,13 +49,13 @@ from lmgate.policies._health import url_port
 from lmgate.policies._lifecycle import LifecycleStatistics
 from lmgate.policies._limit import LimitState, LimitStatistics
 from lmgate.policies._resilience_events import (
+    EndpointStateChanged,
     LimitChanged,
     ModelChanged,
     breaker_event,
     moved_event,
 )
 from lmgate.policies._sample import OUTCOME_CLASSES, OutcomeClass, Sample
-from lmgate.scheduler._messages import LimitChanged as LimitMessage
 from lmgate.scheduler._messages import (
     ControllerMessage,
     ProbeResult,
@@ -63,8 +64,9 @@ from lmgate.scheduler._messages import (
     Tick,
     UrlChanged,
 )
+from lmgate.scheduler._messages import LimitChanged as LimitMessage
 
-__all__ = ["EndpointActor", "EndpointActorStatistics"]
+__all__ = ["EndpointActor", "EndpointActorStatistics", "resilience_fields"]
 
 _STALE = Permit(False, -1)  # a result from before the breaker's last epoch
 _ROUTING: dict[BreakerStateName, Routing] = {
@@ -116,8 +118,8 @@ class EndpointActor:
         endpoint: Endpoint,
         limit: LimitState,
         controller: anyio.abc.ObjectSendStream[ControllerMessage],
-        inbox: anyio.abc.ObjectReceiveStream[ActorMessage],
-        tick_send: anyio.abc.ObjectSendStream[ActorMessage],
+        inbox: MemoryObjectReceiveStream[ActorMessage],
+        tick_send: MemoryObjectSendStream[ActorMessage],
         events: EventHub,
         *,
         tick_interval: float = 1.0,
@@ -147,10 +149,12 @@ class EndpointActor:
         self._published_limit = limit.limit
         self._routing: tuple[Routing, str, int | None] = ("up", "healthy", None)
         self._phase_since = -math.inf
+        self._loading_news = -math.inf
+        self._reprobe = False  # moved: hold traffic until the new address answers
         self._wake_at = math.inf
         self._rearm: anyio.Event | None = None
         self._samples = 0
-        self._by_class = dict.fromkeys(OUTCOME_CLASSES, 0)
+        self._by_class: dict[str, int] = dict.fromkeys(OUTCOME_CLASSES, 0)
         self._latency: float | None = None
         self._ttft: float | None = None
         self._ignored_timeouts = 0
@@ -224,11 +228,7 @@ class EndpointActor:
             case HealthReport():
                 await self._on_probe(message, now)
             case Moved(old_url=old, new_url=new):
-                self._url = new
-                self._moves += 1
-                self._lifecycle.restarted()
-                self._events.publish(moved_event(self.endpoint.name, old, new, at=now))
-                await self._controller.send(UrlChanged(self.index, new))
+                await self._on_moved(old, new, now)
             case WarmedUp(model=model, ok=ok):
                 self._warmups += 1
                 if ok:
@@ -251,20 +251,27 @@ class EndpointActor:
         verdict = self._lifecycle.finished(model, sample.start, now, outcome, sample.ttft)
         if outcome == "success" and not verdict.cold:
             d = sample.duration
-            self._latency = d if self._latency is None else self._latency + 0.1 * (d - self._latency)
+            self._latency = (
+                d if self._latency is None else self._latency + 0.1 * (d - self._latency)
+            )
             if sample.ttft is not None:
                 t = sample.ttft
                 self._ttft = t if self._ttft is None else self._ttft + 0.1 * (t - self._ttft)
         elif outcome == "loading":
             self._lifecycle.loading(model)
         breaker = self._breaker
-        permit = _STALE if sample.start < self._phase_since else breaker.acquire(now)
-        transition = breaker.record(
-            verdict.breaker_outcome, now, sample.retry_after, permit=permit
-        )
+        told = verdict.breaker_outcome
+        transition = None
+        if told != "success" or sample.start >= self._loading_news:
+            # (A success that started before the server last said it was
+            # loading proves nothing about the load being over.)
+            permit = _STALE if sample.start < self._phase_since else breaker.acquire(now)
+            transition = breaker.record(told, now, sample.retry_after, permit=permit)
+            if told == "loading":
+                self._loading_news = now
         if verdict.feed_limit:
             await self._publish_limit(self._limit.update(sample, now), now)
-        if transition is not None or breaker.retry_at(now) is not None:
+        if transition is not None or told == "overload" or told == "loading":
             await self._after(transition, now)
 
     def _timeout_is_evidence(self, sample: Sample) -> bool:
@@ -285,13 +292,42 @@ class EndpointActor:
             self._refused_since_ok = False
             self._lifecycle.restarted()
         if report.loading:
+            self._loading_news = now
             for model in self.endpoint.models:
                 self._lifecycle.loading(model)
             self._lifecycle.loading(self._key)
         if report.identities:
             await self._identify(report.identities, now)
         transition = self._breaker.probe_result(report.ok, now, loading=report.loading)
+        if self._reprobe and report.ok and report.url == self._url:
+            self._reprobe = False
+            self._events.publish(
+                EndpointStateChanged(
+                    at=now,
+                    endpoint=self.endpoint.name,
+                    old="moved",
+                    new=self._breaker.state(now),
+                    reason="probed_at_new_address",
+                )
+            )
         await self._after(transition, now)
+
+    async def _on_moved(self, old: str, new: str, now: float) -> None:
+        """The server answers elsewhere: a new address starts with a clean record.
+
+        The breaker's failures (and its backed-off open time) belong to the
+        old address, so the new one gets a fresh breaker; until a probe of
+        the new address succeeds, traffic is held at most.
+        """
+        self._url = new
+        self._moves += 1
+        self._lifecycle.restarted()
+        self._events.publish(moved_event(self.endpoint.name, old, new, at=now))
+        await self._controller.send(UrlChanged(self.index, new))
+        self._breaker = self._res.breaker.build(random.Random(self._rng.random()))
+        self._phase_since = now
+        self._reprobe = True
+        await self._after(None, now)
 
     async def _identify(self, identities: dict[str, str], now: float) -> None:
         for model, identity in identities.items():
@@ -338,6 +374,8 @@ class EndpointActor:
             routing = ("held", breaker.statistics(now).held_by or "held", None)
         else:
             routing = ("down", "open", None)
+        if self._reprobe and routing[0] == "up":
+            routing = ("held", "moved", None)
         if routing != self._routing:
             self._routing = routing
             await self._controller.send(StateChanged(self.index, *routing))
@@ -388,7 +426,7 @@ class EndpointActor:
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
 
-    async def _warm_up(self, send: anyio.abc.ObjectSendStream[ActorMessage]) -> None:
+    async def _warm_up(self, send: MemoryObjectSendStream[ActorMessage]) -> None:
         warmup = self._res.warmup
         assert warmup is not None
         with send:
@@ -446,3 +484,24 @@ class EndpointActor:
             f"<EndpointActor {self.endpoint.name} state={self._routing[1]}"
             f" limit={self._published_limit}>"
         )
+
+
+def resilience_fields(a: EndpointActorStatistics) -> dict[str, Any]:
+    """The breaker, probe and model figures of ``stats()``'s ``EndpointStats``."""
+    b = a.breaker
+    return {
+        "breaker": b.state,
+        "held_by": b.held_by,
+        "retry_at": b.retry_at,
+        "opens": b.opens,
+        "failure_rate": b.failure_rate,
+        "probes": a.probes,
+        "probe_failures": a.probe_failures,
+        "last_probe_at": a.last_probe_at,
+        "last_probe_ok": a.last_probe_ok,
+        "port": a.port,
+        "moves": a.moves,
+        "identities": a.identities,
+        "model_changes": a.model_changes,
+        "cold_requests": a.lifecycle.cold_requests,
+    }

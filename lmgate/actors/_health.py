@@ -27,14 +27,20 @@ from typing import final
 from urllib.parse import urlsplit
 
 import anyio
-import anyio.abc
 import msgspec
+from anyio.streams.memory import MemoryObjectSendStream
 
 from lmgate._endpoint import Endpoint
 from lmgate.actors._resilience import ProbeReport, Resolver, needs_resolving
 from lmgate.policies._breaker import BreakerStateName
 from lmgate.policies._classify import classify
-from lmgate.policies._health import HealthSchedule, PortSearch, default_ports, replace_port, url_port
+from lmgate.policies._health import (
+    HealthSchedule,
+    PortSearch,
+    default_ports,
+    replace_port,
+    url_port,
+)
 from lmgate.policies._sample import Sample
 from lmgate.scheduler._messages import ProbeResult, Tick
 
@@ -108,7 +114,7 @@ class HealthMonitor:
         self,
         endpoint: Endpoint,
         schedule: HealthSchedule,
-        send: anyio.abc.ObjectSendStream[ActorMessage],
+        send: MemoryObjectSendStream[ActorMessage],
         pace: Pace,
         *,
         rng: random.Random,
@@ -233,8 +239,12 @@ class HealthMonitor:
         )
 
     async def _search(self) -> bool:
-        """Look for the server on the candidate ports; True when it moved."""
-        self._refused = 0
+        """Look for the server on the candidate ports; True when it moved.
+
+        After a search that found nothing, every further refused probe
+        searches again: the probes are already backed off, and a server
+        that is gone from its port can only be found elsewhere.
+        """
         current = url_port(self._target.url)
         if current is None or not self._candidates or self._target.url.startswith("unix:"):
             return False
@@ -249,7 +259,7 @@ class HealthMonitor:
             return False
         old = self._target.url
         self._target = self._retarget(found)
-        self._failures = 0
+        self._failures = self._refused = 0
         await self._send.send(Moved(old_url=old, new_url=self._target.url))
         return True
 

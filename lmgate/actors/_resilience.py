@@ -98,7 +98,9 @@ class Resilience(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                 raise InvalidParameter(f"{field} must be a {kind.__name__}", field=field)
         if not isinstance(self.lifecycle, Lifecycle):
             raise InvalidParameter("lifecycle must be a Lifecycle", field="lifecycle")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
             raise InvalidParameter("seed must be an int or None", field="seed")
         for field in ("resolve", "warmup"):
             value = getattr(self, field)

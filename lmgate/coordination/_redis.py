@@ -180,6 +180,14 @@ class Redis:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Join Redis (or start in fallback), then serve until cancelled."""
+        try:
+            await self._run(handle, task_status)
+        finally:
+            handle.close()
+
+    async def _run(
+        self, handle: CoordinatorHandle, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
         if sniffio.current_async_library() != "asyncio":
             raise InvalidParameter(
                 "lmgate.coordination.Redis runs on asyncio only: the redis.asyncio client"
@@ -361,6 +369,11 @@ class Redis:
         """Count this process's leases into Redis; True once every endpoint is in."""
         first = not self._connected_once
         results = []
+        if not first:
+            # Pooled connections may date from before the fault (a restarted
+            # server closed them): start afresh rather than fail on each.
+            with anyio.move_on_after(self.settings.op_s):
+                await self.client.connection_pool.disconnect()
         try:
             for sh in self._eps.values():
                 keys, args = sh.rejoin_args()

@@ -10,7 +10,7 @@ rejoined too (see ``_fallback``).
 from __future__ import annotations
 
 from typing import Any, final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -133,16 +133,22 @@ def _check_prefix(prefix: Any) -> None:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced, safe to log."""
+    """The URL with any password (userinfo or query) replaced, safe to log."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode(
+                [(k, "***" if "pass" in k.lower() else v) for k, v in pairs], safe="*"
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "<unparsable url>"

@@ -7,22 +7,16 @@ has; the fingerprint rules decide from the combination of signals whether
 it is a self-hosted model server or a cloud API.
 """
 
+from lmgate.detect._cache import ProbeCache, ProbeCacheStatistics
 from lmgate.detect._evidence import Observation
-from lmgate.detect._fingerprint import SELF_HOSTED_KINDS, Evidence, Verdict, decide
+from lmgate.detect._fingerprint import Evidence, Verdict, decide
+from lmgate.detect._learn import discover, health_check, learn
 from lmgate.detect._locality import Locality, UrlLocality, classify_url, locality
-from lmgate.detect._probe import (
-    ProbeCache,
-    ProbeCacheStatistics,
-    ServerInfo,
-    invalidate,
-    probe,
-    server_root,
-)
+from lmgate.detect._probe import ServerInfo, invalidate, probe, server_root
 from lmgate.detect._tokens import TokenCount, TokenEstimator, TokenEstimatorStatistics, count_tokens
 from lmgate.detect._windows import WindowChoice, family_default, resolve_window, server_default
 
 __all__ = [
-    "SELF_HOSTED_KINDS",
     "Evidence",
     "Locality",
     "Observation",
@@ -38,8 +32,11 @@ __all__ = [
     "classify_url",
     "count_tokens",
     "decide",
+    "discover",
     "family_default",
+    "health_check",
     "invalidate",
+    "learn",
     "locality",
     "probe",
     "resolve_window",

@@ -71,6 +71,7 @@ class Reading(msgspec.Struct, kw_only=True):
     server_window: int | None = None
     slots: int | None = None
     health_route: str | None = None
+    fallback_health: str | None = None
     loading: bool = False
 
     def add(self, obs: Observation, signal: str, points_to: str, weight: int) -> None:
@@ -141,6 +142,8 @@ def _openai_models(obs: Observation, out: Reading) -> None:
         return
     if obs.status != 200 or not isinstance(body, dict):
         return
+    if isinstance(body.get("data"), list):
+        out.fallback_health = obs.path
     data = _list(body.get("data"))
     owners: set[str] = set()
     for entry in data:

@@ -12,7 +12,6 @@ entry when the endpoint fails, so the next probe looks again.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from typing import cast, final
@@ -22,6 +21,7 @@ import httpx
 import msgspec
 
 from lmgate._errors import InvalidParameter
+from lmgate.detect._cache import ProbeCache
 from lmgate.detect._evidence import Observation, Reading, read
 from lmgate.detect._fingerprint import Evidence, Verdict, decide
 from lmgate.detect._locality import Locality, UrlLocality, classify_url
@@ -29,8 +29,6 @@ from lmgate.detect._windows import resolve_window
 
 __all__ = [
     "MAX_BODY",
-    "ProbeCache",
-    "ProbeCacheStatistics",
     "ServerInfo",
     "invalidate",
     "probe",
@@ -74,82 +72,7 @@ class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-@final
-class ProbeCacheStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    entries: int
-    hits: int
-    misses: int
-    evictions: int
-
-
-@final
-class ProbeCache:
-    """A bounded, time-limited map from (URL, model) to :class:`ServerInfo`.
-
-    Sans-IO: callers pass ``now``.  An entry stored at a time later than
-    ``now`` (a clock from another event loop) counts as expired.
-    """
-
-    __slots__ = ("_entries", "_evictions", "_hits", "_maxsize", "_misses", "_ttl")
-
-    def __init__(self, *, ttl: float = 300.0, maxsize: int = 256) -> None:
-        if not (isinstance(ttl, int | float) and 0 < ttl < float("inf")):
-            raise InvalidParameter("ttl must be a positive finite number", field="ttl")
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-            raise InvalidParameter("maxsize must be a positive int", field="maxsize")
-        self._ttl = float(ttl)
-        self._maxsize = maxsize
-        self._entries: OrderedDict[tuple[str, str | None], tuple[float, ServerInfo]] = OrderedDict()
-        self._hits = self._misses = self._evictions = 0
-
-    def get(self, url: str, model: str | None, now: float) -> ServerInfo | None:
-        key = (_cache_url(url), model)
-        entry = self._entries.get(key)
-        if entry is None or not (0.0 <= now - entry[0] < self._ttl):
-            if entry is not None:
-                del self._entries[key]
-            self._misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self._hits += 1
-        return entry[1]
-
-    def put(self, url: str, model: str | None, info: ServerInfo, now: float) -> None:
-        key = (_cache_url(url), model)
-        self._entries[key] = (now, info)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._maxsize:
-            self._entries.popitem(last=False)
-            self._evictions += 1
-
-    def invalidate(self, url: str) -> int:
-        """Drop every entry for ``url``; returns how many were dropped."""
-        target = _cache_url(url)
-        keys = [k for k in self._entries if k[0] == target]
-        for k in keys:
-            del self._entries[k]
-        return len(keys)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def statistics(self) -> ProbeCacheStatistics:
-        return ProbeCacheStatistics(
-            entries=len(self._entries),
-            hits=self._hits,
-            misses=self._misses,
-            evictions=self._evictions,
-        )
-
-    def __repr__(self) -> str:
-        return f"<ProbeCache entries={len(self._entries)} ttl={self._ttl}>"
-
-
 _CACHE = ProbeCache()
-
-
-def _cache_url(url: str) -> str:
-    return url.strip().rstrip("/").lower()
 
 
 def invalidate(url: str) -> None:
@@ -281,8 +204,9 @@ async def probe(
     if model is not None and (not isinstance(model, str) or not model or len(model) > 512):
         raise InvalidParameter("model must be a non-empty string", field="model")
     now = anyio.current_time()
+    slot = model if api_key is None else f"{model or ''}\x00keyed"  # a keyed probe sees more
     if not refresh:
-        cached = _CACHE.get(url, model, now)
+        cached = _CACHE.get(url, slot, now)
         if cached is not None:
             return cached
     if client is not None:
@@ -292,7 +216,7 @@ async def probe(
         async with httpx.AsyncClient(transport=transport, timeout=timeout) as own:
             info = await _probe(url, where, model, own, timeout, api_key)
     if info.reachable:
-        _CACHE.put(url, model, info, anyio.current_time())
+        _CACHE.put(url, slot, info, anyio.current_time())
     return info
 
 
@@ -385,6 +309,7 @@ def _merge(readings: Iterable[Reading]) -> Reading:
         for k, v in r.versions.items():
             out.versions.setdefault(k, v)
         out.health_route = out.health_route or r.health_route
+        out.fallback_health = out.fallback_health or r.fallback_health
         out.loading = out.loading or r.loading
     return out
 
@@ -435,7 +360,7 @@ def _build(
         window_sources=sources,
         trained_windows=dict(facts.trained),
         slots=facts.slots,
-        health_route=facts.health_route,
+        health_route=facts.health_route or facts.fallback_health,
         tokenize_route="/tokenize" if kind in ("llamacpp", "vllm", "tgi") else None,
         loading=facts.loading,
         evidence=tuple(evidence),

@@ -442,6 +442,7 @@ class AdaptiveState:
             self._end_run(now)
 
     def _end_run(self, now: float) -> None:
+        self._startup = False
         self._hold(now, -self._direction)
         self._schedule(now)
 

@@ -102,5 +102,9 @@ class CoordinatorHandle:
     def publish(self, event: Event) -> None:
         self._sched.events.publish(event)
 
+    def close(self) -> None:
+        """The coordinator is done sending: close its mailbox clone (as actors do)."""
+        self._controller.close()
+
     def __repr__(self) -> str:
         return f"<CoordinatorHandle endpoints={list(self._index)}>"

@@ -6,14 +6,14 @@ Every request ends with exactly one of ``OUTCOMES``; the counters in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 
 import anyio
 
-from lmgate._errors import ContextOverflow, InvalidParameter, Overloaded
+from lmgate.policies._classify import Classification, UserClassifier, compose
 from lmgate.policies._sample import OutcomeClass
 
-__all__ = ["OUTCOMES", "classify_error"]
+__all__ = ["OUTCOMES", "classification_of", "classify_error"]
 
 OUTCOMES = (
     "completed",
@@ -27,28 +27,30 @@ OUTCOMES = (
 
 
 def classify_error(
-    error: BaseException, user: Callable[[BaseException], OutcomeClass | None] | None
+    error: BaseException, user: UserClassifier | None
 ) -> tuple[OutcomeClass, float | None]:
     """The sample class of a call's error, and the server's Retry-After if any."""
-    try:
-        from lmgate.policies._classify import compose
-    except ImportError:  # pragma: no cover - the full classifier ships with lmgate
-        return _basic(error), getattr(error, "retry_after", None)
-    # compose() ignores a user hook that raises or answers junk (release must
-    # never fail, and a bad class would break the endpoint actor), and keeps
-    # a cancellation a cancellation.  Both backends' cancellation classes are
-    # BaseExceptions the classifier knows, so no event loop is needed here.
-    c = compose(user)(error)
+    c = classification_of(error, user)
     return c.outcome, c.retry_after
 
 
-def _basic(error: BaseException) -> OutcomeClass:
-    if isinstance(error, anyio.get_cancelled_exc_class()):
-        return "cancelled"
-    if isinstance(error, Overloaded):
-        return "overload"
-    if isinstance(error, ContextOverflow | InvalidParameter):
-        return "client_error"
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    return "error"
+def classification_of(
+    error: BaseException, user: UserClassifier | None, *, deadline_expired: bool = False
+) -> Classification:
+    """The full classification of a call's error, for the sample and for retries.
+
+    ``deadline_expired`` says the request's deadline interrupted the call:
+    a black-holed server shows nothing else, so that is a timeout.
+    ``before_send`` and ``context_overflow`` stay on the result for the
+    retry layer.  compose() ignores a user hook that raises or answers junk
+    (release must never fail, and a bad class would break the endpoint
+    actor), and keeps a cancellation a cancellation.
+    """
+    try:
+        cancelled: type[BaseException] | None = anyio.get_cancelled_exc_class()
+    except Exception:  # outside an event loop: both backends' classes are known anyway
+        cancelled = None
+    return compose(user)(
+        error, deadline_expired=deadline_expired, cancelled_exc=cancelled, now_epoch=time.time()
+    )
+

@@ -10,7 +10,8 @@ is left, and returns only when no actor task remains.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, final
 
@@ -21,13 +22,17 @@ import sniffio
 from lmgate._endpoint import Endpoint
 from lmgate._errors import DeadlineExceeded, InvalidParameter, LmgateError, SchedulerClosed
 from lmgate._events import EventHub
-from lmgate.actors._endpoint import EndpointActor
+from lmgate.actors._endpoint import EndpointActor, resilience_fields
+from lmgate.actors._health import ActorMessage
+from lmgate.actors._resilience import Resilience
 from lmgate.policies._limit import Fixed, LimitPolicy, check_float, check_int
+from lmgate.policies._retry import Retry, check_fallbacks
 from lmgate.scheduler._admission import Admission, EndpointSlot
 from lmgate.scheduler._controller import AdmissionController
 from lmgate.scheduler._coordinator import Coordinator, CoordinatorHandle, SharesLimits
 from lmgate.scheduler._lease import EventLike, Lease, ScopeLike, Waiter
-from lmgate.scheduler._messages import ControllerMessage, EndpointMessage
+from lmgate.scheduler._messages import ControllerMessage
+from lmgate.scheduler._retrying import Retrying
 from lmgate.scheduler._stats import EndpointStats, Stats
 
 __all__ = ["Scheduler"]
@@ -55,6 +60,9 @@ class Scheduler:
         tick_interval: float = 1.0,
         mailbox_size: int = 4096,
         coordinator: Coordinator | None = None,
+        retry: Retry | None = None,
+        fallbacks: Mapping[str, Sequence[str]] | None = None,
+        resilience: Resilience | None = None,
     ) -> None:
         if isinstance(endpoints, Endpoint) or not isinstance(endpoints, Sequence):
             raise InvalidParameter("endpoints must be a list of Endpoint", field="endpoints")
@@ -99,6 +107,29 @@ class Scheduler:
         self._running = False
         self._entered = False
         self._new_scope: Callable[..., ScopeLike] = anyio.CancelScope
+        self._resilience, self._retrying = self._resilience_of(retry, fallbacks, resilience)
+
+    def _resilience_of(
+        self,
+        retry: Retry | None,
+        fallbacks: Mapping[str, Sequence[str]] | None,
+        resilience: Resilience | None,
+    ) -> tuple[Resilience, Retrying | None]:
+        if resilience is None:
+            resilience = Resilience()
+        elif not isinstance(resilience, Resilience):
+            raise InvalidParameter("resilience must be a Resilience", field="resilience")
+        if retry is not None and not isinstance(retry, Retry):
+            raise InvalidParameter("retry must be a Retry", field="retry")
+        chains = check_fallbacks(fallbacks) if fallbacks is not None else {}
+        for m in {m for k, v in chains.items() for m in (k, *v)}:
+            if m not in self._admission.by_model:
+                raise InvalidParameter(f"fallbacks: no endpoint serves {m!r}", field="fallbacks")
+        self._rng = random.Random(resilience.seed)
+        if retry is None and not chains:
+            return resilience, None
+        rng = random.Random(self._rng.random())
+        return resilience, Retrying(self, retry or Retry(), chains, rng)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -115,11 +146,19 @@ class Scheduler:
             self._controller = AdmissionController(self._admission, crecv)
             await tg.start(self._controller.run)
             for slot, state in zip(self._admission.slots, self._limit_states, strict=True):
-                esend, erecv = anyio.create_memory_object_stream[EndpointMessage](self._mailbox)
+                esend, erecv = anyio.create_memory_object_stream[ActorMessage](self._mailbox)
                 slot.feedback = esend
                 actor = EndpointActor(
-                    slot.index, slot.endpoint, state, csend.clone(), erecv, esend.clone(),
-                    self.events, tick_interval=self._tick,
+                    slot.index,
+                    slot.endpoint,
+                    state,
+                    csend.clone(),
+                    erecv,
+                    esend.clone(),
+                    self.events,
+                    tick_interval=self._tick,
+                    resilience=self._resilience,
+                    rng=random.Random(self._rng.random()),
                 )
                 self._actors.append(actor)
                 await tg.start(actor.run)
@@ -143,12 +182,18 @@ class Scheduler:
         await self._shutdown()
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
+        # The body's exception is the caller's own: handing it to the task
+        # group would come back wrapped in an ExceptionGroup.  Only an
+        # actor's crash is raised from here; otherwise the body's propagates.
+        await self._tg.__aexit__(None, None, None)
+        return None
 
     async def _shutdown(self) -> None:
         adm = self._admission
         self._running = False
         adm.close()
+        if self._retrying is not None:
+            self._retrying.close()
         with anyio.CancelScope(shield=True):
             if adm.in_flight:
                 with anyio.move_on_after(self._grace):
@@ -178,15 +223,22 @@ class Scheduler:
         model: str,
         priority: int = 0,
         timeout: float | None = None,
+        idempotent: bool = False,
     ) -> T:
         """Run ``await call(lease)`` on an endpoint serving ``model``.
 
         Waits for a slot (lower ``priority`` first), then runs the call in
         this task.  ``timeout`` (seconds from now) bounds queueing and the
-        call together.
+        call together.  With a retry policy or fallbacks, a failed call is
+        tried again within that deadline when ``idempotent`` is true or it
+        failed before anything was sent.
         """
         if not callable(call):
             raise InvalidParameter("call must be an async callable taking the lease", field="call")
+        if self._retrying is not None:
+            if type(idempotent) is not bool:
+                raise InvalidParameter("idempotent must be a bool", field="idempotent")
+            return await self._retrying.run(call, model, priority, timeout, idempotent)
         if self._coordinator is not None:
             lease = await self.acquire(model=model, priority=priority, timeout=timeout)
             waiter = None
@@ -352,7 +404,7 @@ class Scheduler:
             eps.append(
                 EndpointStats(
                     name=slot.endpoint.name,
-                    url=slot.endpoint.url,
+                    url=a.url if a else slot.endpoint.url,
                     kind=slot.endpoint.kind,
                     models=slot.models,
                     state=slot.state,
@@ -367,6 +419,7 @@ class Scheduler:
                     by_class=a.by_class if a else {},
                     dropped_samples=slot.dropped_samples,
                     policy=state.statistics(),
+                    **(resilience_fields(a) if a else {}),
                 )
             )
         return Stats(
@@ -379,6 +432,8 @@ class Scheduler:
             closed=adm.closed,
             endpoints=tuple(eps),
             events=self.events.statistics(),
+            retries=self._retrying.retries if self._retrying else 0,
+            fallbacks=self._retrying.fallbacks if self._retrying else 0,
         )
 
     def __repr__(self) -> str:

@@ -34,6 +34,25 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     by_class: dict[str, int]
     dropped_samples: int
     policy: LimitStatistics
+    #: The circuit breaker: ``closed``, ``open``, ``half_open`` or ``held``.
+    breaker: str = "closed"
+    #: Why traffic is held (``retry_after``, ``loading``, ``overload``).
+    held_by: str | None = None
+    #: When the open time or hold in force ends (scheduler clock).
+    retry_at: float | None = None
+    opens: int = 0
+    failure_rate: float = 0.0
+    probes: int = 0
+    probe_failures: int = 0
+    last_probe_at: float | None = None
+    last_probe_ok: bool | None = None
+    #: The port the server answers on now (it changes when the server moves).
+    port: int | None = None
+    moves: int = 0
+    #: What each model's build is, as the last probe said (digest/version).
+    identities: dict[str, str] = {}
+    model_changes: int = 0
+    cold_requests: int = 0
 
 
 @final
@@ -52,3 +71,8 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     closed: bool
     endpoints: tuple[EndpointStats, ...]
     events: EventHubStatistics
+    #: Attempts after a request's first (each on its own lease); a request
+    #: is still counted once in ``submitted`` and ends in one outcome.
+    retries: int = 0
+    #: Attempts moved to another model (fallback chain or larger window).
+    fallbacks: int = 0

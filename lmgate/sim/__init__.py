@@ -10,6 +10,13 @@ time through anyio only, so it all runs in virtual time.
 from lmgate.sim._config import SimConfig, SimKVOverflow, SimResult, SimStatistics
 from lmgate.sim._dist import Dist
 from lmgate.sim._faults import FaultAction, FaultSchedule, FaultStep, run_schedule
+from lmgate.sim._http import (
+    HTTP_DIALECTS,
+    SimHTTPConfig,
+    SimHTTPServer,
+    SimHTTPServerStatistics,
+    sim_transport,
+)
 from lmgate.sim._load import ClientLoad, LoadReport, LoadRequest, Submit, run_load
 from lmgate.sim._model import SimLease, SimServer
 from lmgate.sim._scenarios import (
@@ -28,11 +35,15 @@ __all__ = [
     "FaultAction",
     "FaultSchedule",
     "FaultStep",
+    "HTTP_DIALECTS",
     "LoadReport",
     "LoadRequest",
     "Phase",
     "Scenario",
     "SimConfig",
+    "SimHTTPConfig",
+    "SimHTTPServer",
+    "SimHTTPServerStatistics",
     "SimKVOverflow",
     "SimLease",
     "SimResult",
@@ -44,4 +55,5 @@ __all__ = [
     "parse_scenario",
     "run_load",
     "run_schedule",
+    "sim_transport",
 ]

@@ -30,24 +30,24 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from lmgate._errors import InvalidParameter
 
 __all__ = [
-    "DIALECTS",
+    "HTTP_DIALECTS",
     "SimEngine",
+    "SimHTTPConfig",
     "SimHTTPServer",
     "SimHTTPServerStatistics",
     "SimRequest",
     "SimResponse",
-    "SimServerConfig",
     "make_dialect",
     "sim_transport",
 ]
 
-DIALECTS = ("llamacpp", "ollama", "vllm", "tgi", "lmstudio", "localai", "openai")
+HTTP_DIALECTS = ("llamacpp", "ollama", "vllm", "tgi", "lmstudio", "localai", "openai")
 _WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
 JSON = "application/json; charset=utf-8"
 
 
 @final
-class SimServerConfig(msgspec.Struct, frozen=True, kw_only=True):
+class SimHTTPConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A simulated server.  ``n_ctx`` is the window it runs each model with
     (per slot for llama.cpp, ``max_model_len`` for vLLM, ``max_total_tokens``
     for TGI, the loaded context for Ollama and LM Studio); ``max_queue`` is
@@ -70,8 +70,8 @@ class SimServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_after: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in DIALECTS:
-            raise InvalidParameter(f"kind must be one of {DIALECTS}", field="kind")
+        if self.kind not in HTTP_DIALECTS:
+            raise InvalidParameter(f"kind must be one of {HTTP_DIALECTS}", field="kind")
         if not self.models or not all(isinstance(m, str) and m for m in self.models):
             raise InvalidParameter("models must be non-empty names", field="models")
         msgspec.structs.force_setattr(self, "models", tuple(self.models))
@@ -127,7 +127,7 @@ def prompt_tokens(messages: Any) -> int | None:
 class SimEngine:
     """Slots, a queue and per-token timing shared by a server's routes."""
 
-    def __init__(self, config: SimServerConfig) -> None:
+    def __init__(self, config: SimHTTPConfig) -> None:
         self.config = config
         self._slots: anyio.Semaphore | None = None
         self.started_at: float | None = None
@@ -359,16 +359,16 @@ class SimHTTPServerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class SimHTTPServer:
     """A simulated model server listening on loopback.
 
-    ``async with SimHTTPServer(SimServerConfig(kind="ollama")) as server:``
+    ``async with SimHTTPServer(SimHTTPConfig(kind="ollama")) as server:``
     then point a client at ``server.url``.  ``await server.stop()`` drops the
     listener and every open connection at once (a crash, mid-stream
     included); ``await server.start()`` listens again on the same port.
     """
 
     def __init__(
-        self, config: SimServerConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self, config: SimHTTPConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        self.config = config if config is not None else SimServerConfig()
+        self.config = config if config is not None else SimHTTPConfig()
         self.engine = SimEngine(self.config)
         self.dialect = make_dialect(self.engine)
         self._host = host
@@ -526,9 +526,9 @@ async def _write(stream: anyio.abc.ByteStream, response: SimResponse, keep: bool
     await stream.send(b"0\r\n\r\n")
 
 
-def sim_transport(config: SimServerConfig | None = None) -> httpx.MockTransport:
+def sim_transport(config: SimHTTPConfig | None = None) -> httpx.MockTransport:
     """The same simulated server as an ``httpx.MockTransport`` (no socket)."""
-    engine = SimEngine(config if config is not None else SimServerConfig())
+    engine = SimEngine(config if config is not None else SimHTTPConfig())
     dialect = make_dialect(engine)
 
     async def handler(request: httpx.Request) -> httpx.Response:

@@ -18,9 +18,7 @@ enforced per read instead.
 from __future__ import annotations
 
 import contextlib
-import math
-import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol, final
 
 import anyio
@@ -37,11 +35,20 @@ from lmgate._errors import (
     Rejected,
     SchedulerClosed,
 )
+from lmgate.detect._learn import endpoint_key
 from lmgate.detect._locality import classify_url
 from lmgate.detect._tokens import TokenEstimator
 from lmgate.policies._sample import OutcomeClass
 from lmgate.transports._errors import error_from_response
 from lmgate.transports._pool import pooled_transport
+from lmgate.transports._request import (
+    json_object,
+    params,
+    prompt_chars,
+    read_bounded,
+    refusal,
+    timeouts,
+)
 from lmgate.transports._urls import rebase
 from lmgate.transports._usage import UsageSniffer
 
@@ -179,14 +186,14 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         body = await request.aread()
         if len(body) > _MAX_REQUEST:
             raise InvalidParameter("request body larger than 32 MiB", field="body")
-        payload = _json_object(request, body)
-        model, priority, timeout = _params(request, payload)
+        payload = json_object(request, body)
+        model, priority, timeout = params(request, payload)
         self._requests += 1
         try:
             lease = await self._sched.acquire(model=model, priority=priority, timeout=timeout)
         except (Rejected, EndpointUnavailable, SchedulerClosed, DeadlineExceeded) as exc:
             if self._refusals:
-                return _refusal(exc)
+                return refusal(exc)
             raise
         ep = self._endpoint(lease.endpoint.name)
         try:
@@ -205,7 +212,7 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         if response.status_code >= 400:
             return await self._error_response(response, lease)
         sniffer = UsageSniffer(response.headers.get("content-type", ""))
-        chars = _prompt_chars(payload)
+        chars = prompt_chars(payload)
         self._open += 1
         stream = _LeasedStream(self, response, lease, start, sniffer, chars)
         return httpx.Response(
@@ -230,7 +237,7 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
             base = "http://localhost" + where.path
         url = rebase(base, request.url.path, request.url.query)
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _DROP]
-        key = _api_key(ep)
+        key = endpoint_key(ep) if ep is not None else None
         if key:
             headers.append(("authorization", f"Bearer {key}"))
         elif self._forward_auth and "authorization" in request.headers:
@@ -238,14 +245,14 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         if payload is not None and payload.get("model") != ref.model and ref.model:
             body = msgspec.json.encode({**payload, "model": ref.model})
         extensions = dict(request.extensions)
-        extensions["timeout"] = _timeouts(request, ep, lease)
+        extensions["timeout"] = timeouts(request, ep, lease)
         return httpx.Request(
             request.method, url, headers=headers, content=body, extensions=extensions
         )
 
     async def _error_response(self, response: httpx.Response, lease: LeaseLike) -> httpx.Response:
         try:
-            body = await _read_bounded(response)
+            body = await read_bounded(response)
         except BaseException as exc:
             lease.release(exc)
             raise
@@ -388,117 +395,3 @@ class _LeasedStream(httpx.AsyncByteStream):
         if not self._released:
             with contextlib.suppress(Exception):
                 self._finish(None)
-
-
-def _json_object(request: httpx.Request, body: bytes) -> dict[str, Any] | None:
-    if not body or "json" not in request.headers.get("content-type", "json"):
-        return None
-    try:
-        obj = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _params(
-    request: httpx.Request, payload: Mapping[str, Any] | None
-) -> tuple[str, int, float | None]:
-    ext = request.extensions
-    model = payload.get("model") if payload is not None else None
-    if not isinstance(model, str) or not model:
-        model = ext.get("lmgate.model") or request.headers.get("x-lmgate-model")
-    if not isinstance(model, str) or not model:
-        raise InvalidParameter(
-            "request has no model: put it in the JSON body or the X-Lmgate-Model header",
-            field="model",
-        )
-    raw_p = ext.get("lmgate.priority", request.headers.get("x-lmgate-priority"))
-    raw_t = ext.get("lmgate.timeout", request.headers.get("x-lmgate-timeout"))
-    try:
-        priority = 0 if raw_p is None else int(raw_p)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"bad priority {str(raw_p)[:40]!r}", field="priority") from None
-    timeout: float | None = None
-    if raw_t is not None:
-        try:
-            timeout = float(raw_t)
-        except (TypeError, ValueError):
-            raise InvalidParameter(f"bad timeout {str(raw_t)[:40]!r}", field="timeout") from None
-        if not (0.0 <= timeout < math.inf):
-            raise InvalidParameter("timeout must be finite and >= 0", field="timeout")
-    return model, priority, timeout
-
-
-def _prompt_chars(payload: Mapping[str, Any] | None) -> int | None:
-    if payload is None:
-        return None
-    total = 0
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        total += len(prompt)
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        for m in messages:
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                for part in content:
-                    text = part.get("text") if isinstance(part, dict) else None
-                    if isinstance(text, str):
-                        total += len(text)
-    return total or None
-
-
-def _api_key(ep: Endpoint | None) -> str | None:
-    if ep is None:
-        return None
-    if ep.api_key is not None:
-        key = ep.api_key()
-        return key if isinstance(key, str) and key else None
-    if ep.api_key_env:
-        return os.environ.get(ep.api_key_env) or None
-    return None
-
-
-def _timeouts(request: httpx.Request, ep: Endpoint | None, lease: LeaseLike) -> dict[str, float]:
-    mine = {"connect": 5.0, "read": 600.0, "write": 600.0, "pool": 5.0}
-    if ep is not None:
-        mine = {
-            "connect": ep.connect_timeout,
-            "read": ep.read_timeout,
-            "write": ep.read_timeout,
-            "pool": ep.connect_timeout,
-        }
-    theirs = request.extensions.get("timeout") or {}
-    out: dict[str, float] = {}
-    for k, v in mine.items():
-        t = theirs.get(k)
-        out[k] = min(v, t) if isinstance(t, int | float) and t > 0 else v
-    left = lease.deadline - anyio.current_time()
-    if left < math.inf:
-        for k in ("connect", "pool"):
-            out[k] = max(0.001, min(out[k], left))
-    return out
-
-
-async def _read_bounded(response: httpx.Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        if size < _MAX_ERROR_BODY:
-            chunks.append(chunk[: _MAX_ERROR_BODY - size])
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-def _refusal(exc: LmgateError) -> httpx.Response:
-    if isinstance(exc, Rejected):
-        status, kind, headers = 429, "lmgate_rejected", {"retry-after": "1"}
-    elif isinstance(exc, DeadlineExceeded):
-        status, kind, headers = 504, "lmgate_deadline_exceeded", {}
-    else:
-        status, kind, headers = 503, "lmgate_unavailable", {}
-    reason = getattr(exc, "reason", None)
-    body = {"error": {"message": str(exc), "type": kind, "param": None, "code": reason}}
-    return httpx.Response(status, json=body, headers={**headers, "x-lmgate-error": kind})

@@ -8,6 +8,7 @@ clients believe -- including clients that were killed mid-call.
 
 from __future__ import annotations
 
+import contextlib
 import socketserver
 import threading
 import time
@@ -37,10 +38,8 @@ class ConcurrencyServer:
                     # Done before the answer leaves: a client cannot hear
                     # it (and pass its slot on) while it is still counted.
                     outer._leave()
-                try:
+                with contextlib.suppress(OSError):
                     self.wfile.write(b"ok\n")
-                except OSError:
-                    pass
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True

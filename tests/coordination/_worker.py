@@ -67,7 +67,9 @@ async def main(cfg: dict[str, Any]) -> None:
     lost_at = float("inf")
     stop = anyio.Event()
 
-    async with lmgate.Scheduler(endpoints, limit=Fixed(cfg["limit"]), coordinator=coordinator) as sched:
+    async with lmgate.Scheduler(
+        endpoints, limit=Fixed(cfg["limit"]), coordinator=coordinator
+    ) as sched:
         emit({"ready": coordinator.owner if coordinator else None})
 
         async def watch() -> None:

@@ -8,6 +8,7 @@ simulated inside Redis.  Timings are kept short (``lease_ttl`` 1.5 s).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -55,7 +56,9 @@ class Worker:
         for line in self.proc.stdout:
             self.lines.put(json.loads(line))
 
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+    def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    ) -> dict[str, Any]:
         for obj in self.seen:
             if pred(obj):
                 return obj
@@ -112,10 +115,8 @@ class Worker:
         self.reader.join(timeout=10)
         for f in (self.proc.stdin, self.proc.stdout):
             if f is not None:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     f.close()
-                except BrokenPipeError:
-                    pass
 
 
 def _cfg(redis_url: str, port: int, **kw: Any) -> dict[str, Any]:
@@ -204,7 +205,9 @@ def test_sigkill_returns_slots_within_the_lease_ttl(
             w_dead.kill()
             killed = time.monotonic()
             while any(m.startswith(o_dead + ":") for m in _holders(redis_server)):
-                assert time.monotonic() - killed < ttl + 5.0, "the dead process's slots never expired"
+                assert time.monotonic() - killed < ttl + 5.0, (
+                    "the dead process's slots never expired"
+                )
                 time.sleep(0.01)
             recovery = time.monotonic() - killed
             # The survivors take the whole limit again.
@@ -227,7 +230,7 @@ def test_sigkill_returns_slots_within_the_lease_ttl(
 def test_redis_outage_falls_back_to_shares_and_rejoins(
     redis_server: RedisServer, redis_url: str
 ) -> None:
-    """Redis stops: each process serves within its share; Redis returns: they rejoin, within the limit."""
+    """Redis stops: each serves within its share; Redis returns: they rejoin within the limit."""
     hold = 0.05
     tasks = [12, 2, 2, 2]
     with ConcurrencyServer() as endpoint:

@@ -9,14 +9,14 @@ import pytest
 
 from lmgate._cli_probe import probe_command
 from lmgate.detect._probe import _CACHE
-from lmgate.sim._http import SimHTTPServer, SimServerConfig
+from lmgate.sim._http import SimHTTPConfig, SimHTTPServer
 
 
 @pytest.mark.anyio
 async def test_json_report() -> None:
     """--json prints the ServerInfo as JSON and exits 0."""
     _CACHE.clear()
-    cfg = SimServerConfig(kind="llamacpp", models=("tiny",), slots=3, n_ctx=512)
+    cfg = SimHTTPConfig(kind="llamacpp", models=("tiny",), slots=3, n_ctx=512)
     out = io.StringIO()
     async with SimHTTPServer(cfg) as server:
         code = await probe_command(server.url, True, out=out)
@@ -32,7 +32,7 @@ async def test_table_report() -> None:
     """The table names the server, the models and the evidence."""
     _CACHE.clear()
     out = io.StringIO()
-    async with SimHTTPServer(SimServerConfig(kind="ollama", models=("llama3:8b",))) as server:
+    async with SimHTTPServer(SimHTTPConfig(kind="ollama", models=("llama3:8b",))) as server:
         code = await probe_command(server.url, False, out=out)
     text = out.getvalue()
     assert code == 0

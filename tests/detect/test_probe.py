@@ -90,7 +90,7 @@ DETECTION_TABLE: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
                 "meta-llama-3.1-8b-instruct": 8192,
                 "text-embedding-nomic-embed-text-v1.5": 2048,
             },
-            "health_route": None,
+            "health_route": "/v1/models",
         },
     ),
     (

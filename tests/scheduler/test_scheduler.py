@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 import trio
@@ -48,6 +49,13 @@ def _start(tg: anyio.abc.TaskGroup, fn: Callable[..., Awaitable[Any]], *a: Any, 
 
 async def _sleep_forever(lease: Lease) -> None:
     await anyio.sleep_forever()
+
+
+async def _until(condition: Callable[[], bool], *, within: float = 600.0) -> None:
+    """Let virtual time pass until ``condition`` holds (the actor's policies decide when)."""
+    with anyio.fail_after(within):
+        while not condition():
+            await anyio.sleep(0.25)
 
 
 # -- basics ------------------------------------------------------------------------------
@@ -232,6 +240,39 @@ async def test_not_running_refuses() -> None:
             pass  # pragma: no cover
 
 
+async def test_body_exception_propagates_unwrapped() -> None:
+    """An error raised in the ``async with Scheduler`` body comes out as itself, not a group."""
+    err = Boom("body")
+    with pytest.raises(Boom) as info:
+        async with _sched() as sched:
+            raise err
+    assert info.value is err
+    assert lmgate_tasks() == []
+    assert sched.stats().closed
+
+
+async def test_cancelled_body_closes_cleanly() -> None:
+    """An outer cancellation of the body closes the scheduler and stays the outer scope's."""
+    with anyio.CancelScope() as outer:
+        async with _sched() as sched:
+            outer.cancel()
+            await anyio.sleep_forever()
+    assert outer.cancelled_caught
+    assert lmgate_tasks() == []
+    await anyio.lowlevel.checkpoint()  # no stray cancellation is left behind
+
+
+async def test_actor_crash_is_raised() -> None:
+    """A limit policy that raises crashes its actor, and that error leaves __aexit__."""
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with Scheduler([endpoint("a", "m")], limit=_Crashy()) as sched:
+            lease = await sched.acquire(model="m")
+            lease.release()
+            await anyio.sleep_forever()
+    assert info.group_contains(RuntimeError, match="policy bug")
+    assert lmgate_tasks() == []
+
+
 # -- releasing on every path ----------------------------------------------------------------
 
 
@@ -245,11 +286,11 @@ async def _via_lease(sched: Scheduler, body: Callable[[Lease], Awaitable[None]])
 
 
 async def _ret(lease: Lease) -> None:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
 
 
 async def _raise(lease: Lease) -> None:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     raise Boom
 
 
@@ -312,7 +353,7 @@ async def test_cancelled_while_queued_leaves_at_once() -> None:
         await _settle()
         assert sched.stats().queued == 1
         scope.cancel()
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         await _settle()
         stats = sched.stats()
         check_identity(stats)
@@ -414,9 +455,9 @@ class TestVirtualTime:
         async def hold(lease: Lease) -> None:
             await anyio.sleep(3)
 
-        async def client(name: str, via: Callable[..., Awaitable[None]], timeout: float) -> None:
+        async def client(name: str, via: Callable[..., Awaitable[None]], seconds: float) -> None:
             try:
-                await via(timeout)
+                await via(seconds)
             except DeadlineExceeded:
                 ends[name] = (anyio.current_time(), "deadline")
             else:
@@ -424,12 +465,12 @@ class TestVirtualTime:
 
         async with _sched(1) as sched:
 
-            async def with_run(timeout: float) -> None:
-                await sched.run(_sleep_forever, model="m", timeout=timeout)
+            async def with_run(seconds: float) -> None:
+                await sched.run(_sleep_forever, model="m", timeout=seconds)
 
-            async def with_lease(timeout: float) -> None:
+            async def with_lease(seconds: float) -> None:
                 t0 = anyio.current_time()
-                async with sched.lease(model="m", timeout=timeout) as lease:
+                async with sched.lease(model="m", timeout=seconds) as lease:
                     assert anyio.current_time() == t0 + 3.0
                     assert lease.deadline == t0 + 5.0
                     await anyio.sleep_forever()
@@ -577,17 +618,16 @@ class TestVirtualTime:
             lease = await sched.acquire(model="m")
             tg.start_soon(queued)
             await _settle()
+            assert sched.stats().queued == 1
             healthy["ok"] = False
-            await anyio.sleep(5.5)  # the next probe fails
-            assert sched.stats().endpoints[0].routing == "down"
+            await _until(lambda: sched.stats().endpoints[0].routing == "down")
             assert len(errors) == 1
+            assert sched.stats().queued == 0
             with pytest.raises(EndpointUnavailable):
                 await sched.run(_ret, model="m")
             lease.release()
             healthy["ok"] = True
-            await anyio.sleep(5)
-            stats = sched.stats()
-            assert stats.endpoints[0].routing == "up"
+            await _until(lambda: sched.stats().endpoints[0].routing == "up")
             await sched.run(_ret, model="m")
             stats = sched.stats()
             check_identity(stats)
@@ -596,24 +636,31 @@ class TestVirtualTime:
 
     async def test_limit_raise_dispatches_queue(self) -> None:
         """A limit raised by the policy (fed by samples) lets queued requests through."""
-        async with anyio.create_task_group() as tg:
-            async with Scheduler([endpoint("a", "m")], limit=_StepUp()) as sched:
-                lease = await sched.acquire(model="m")
-                done: list[float] = []
+        async with (
+            anyio.create_task_group() as tg,
+            Scheduler([endpoint("a", "m")], limit=_StepUp()) as sched,
+        ):
+            lease = await sched.acquire(model="m")
+            done: list[float] = []
 
-                async def queued() -> None:
-                    await sched.run(_ret, model="m")
-                    done.append(anyio.current_time())
+            async def nap(lease: Lease) -> None:
+                await anyio.sleep(2)
 
-                for _ in range(3):
-                    tg.start_soon(queued)
-                await _settle()
-                assert sched.stats().queued == 3
-                await anyio.sleep(1)
-                lease.release()  # one sample: the limit steps up to 4
-                await _settle()
-                assert sched.stats().endpoints[0].limit == 4
-                assert done == [1.0, 1.0, 1.0]
+            async def queued() -> None:
+                await sched.run(nap, model="m")
+                done.append(anyio.current_time())
+
+            for _ in range(3):
+                tg.start_soon(queued)
+            await _settle()
+            assert sched.stats().queued == 3
+            lease.release()  # one sample: the limit steps up to 4
+            await _settle()
+            stats = sched.stats()
+            assert anyio.current_time() == 0.0
+            assert stats.endpoints[0].limit == 4
+            assert (stats.in_flight, stats.queued) == (3, 0)
+        assert done == [2.0, 2.0, 2.0]
 
 
 class _StepUp(msgspec.Struct, frozen=True):
@@ -638,3 +685,15 @@ class _StepUpState:
 
     def statistics(self) -> LimitStatistics:
         return LimitStatistics(policy="StepUp", limit=self.limit, samples=self.samples)
+
+
+class _Crashy(msgspec.Struct, frozen=True):
+    """A limit policy whose update raises."""
+
+    def build(self) -> _CrashyState:
+        return _CrashyState()
+
+
+class _CrashyState(_StepUpState):
+    def update(self, sample: Sample, now: float) -> int:
+        raise RuntimeError("policy bug")

@@ -13,17 +13,17 @@ import pytest
 from lmgate._errors import InvalidParameter
 from lmgate.detect import probe
 from lmgate.detect._probe import _CACHE
-from lmgate.sim._http import DIALECTS, SimHTTPServer, SimServerConfig, sim_transport
+from lmgate.sim._http import HTTP_DIALECTS, SimHTTPConfig, SimHTTPServer, sim_transport
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", DIALECTS)
+@pytest.mark.parametrize("kind", HTTP_DIALECTS)
 async def test_each_dialect_is_recognised_over_tcp(kind: str) -> None:
     """The probe identifies every simulated dialect over a real socket."""
     _CACHE.clear()
-    async with SimHTTPServer(SimServerConfig(kind=kind, models=("m",), n_ctx=1024)) as server:
+    async with SimHTTPServer(SimHTTPConfig(kind=kind, models=("m",), n_ctx=1024)) as server:
         info = await probe(server.url + "/v1")
     assert info.kind == kind
     assert info.local is (kind != "openai")
@@ -32,11 +32,11 @@ async def test_each_dialect_is_recognised_over_tcp(kind: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", DIALECTS)
+@pytest.mark.parametrize("kind", HTTP_DIALECTS)
 async def test_openai_chat_in_every_dialect(kind: str) -> None:
     """Every dialect answers OpenAI-style chat, streaming with SSE."""
     async with (
-        SimHTTPServer(SimServerConfig(kind=kind, models=("m",))) as server,
+        SimHTTPServer(SimHTTPConfig(kind=kind, models=("m",))) as server,
         httpx.AsyncClient(base_url=server.url) as client,
     ):
         r = await client.post("/v1/chat/completions", json=CHAT)
@@ -64,7 +64,7 @@ async def test_keep_alive_reuses_one_connection() -> None:
 @pytest.mark.anyio
 async def test_slots_bound_concurrency() -> None:
     """No more than ``slots`` requests generate at once; the rest wait."""
-    cfg = SimServerConfig(models=("m",), slots=2, token_time=0.01)
+    cfg = SimHTTPConfig(models=("m",), slots=2, token_time=0.01)
     async with SimHTTPServer(cfg) as server, httpx.AsyncClient(base_url=server.url) as client:
         async with anyio.create_task_group() as tg:
             for _ in range(8):
@@ -77,7 +77,7 @@ async def test_slots_bound_concurrency() -> None:
 @pytest.mark.anyio
 async def test_ollama_native_chat_ndjson() -> None:
     """Ollama's /api/chat streams NDJSON by default; the last line has counts."""
-    cfg = SimServerConfig(kind="ollama", models=("llama3:8b",), n_ctx=2048)
+    cfg = SimHTTPConfig(kind="ollama", models=("llama3:8b",), n_ctx=2048)
     async with SimHTTPServer(cfg) as server, httpx.AsyncClient(base_url=server.url) as client:
         body = {"model": "llama3:8b", "messages": CHAT["messages"]}
         async with client.stream("POST", "/api/chat", json=body) as s:
@@ -99,7 +99,7 @@ async def test_ollama_native_chat_ndjson() -> None:
 @pytest.mark.anyio
 async def test_ollama_truncates_silently() -> None:
     """Ollama does not refuse a prompt longer than num_ctx: it cuts it."""
-    cfg = SimServerConfig(kind="ollama", models=("m",), n_ctx=64)
+    cfg = SimHTTPConfig(kind="ollama", models=("m",), n_ctx=64)
     async with SimHTTPServer(cfg) as server, httpx.AsyncClient(base_url=server.url) as client:
         body = {
             "model": "m",
@@ -118,7 +118,7 @@ def _run_virtual(fn: Any, virtual_backend: tuple[str, dict[str, Any]]) -> Any:
 
 def test_ollama_busy_when_queue_full(virtual_backend: tuple[str, dict[str, Any]]) -> None:
     """Past OLLAMA_MAX_QUEUE waiting requests, Ollama answers 503 server busy."""
-    cfg = SimServerConfig(kind="ollama", models=("m",), slots=1, max_queue=2, token_time=1.0)
+    cfg = SimHTTPConfig(kind="ollama", models=("m",), slots=1, max_queue=2, token_time=1.0)
 
     async def main() -> list[int]:
         statuses: list[int] = []
@@ -142,7 +142,7 @@ def test_ollama_busy_when_queue_full(virtual_backend: tuple[str, dict[str, Any]]
 
 def test_loading_then_ready(virtual_backend: tuple[str, dict[str, Any]]) -> None:
     """While loading, llama.cpp answers 503 Loading model, then serves."""
-    cfg = SimServerConfig(models=("m",), load_time=30.0)
+    cfg = SimHTTPConfig(models=("m",), load_time=30.0)
 
     async def main() -> tuple[int, str, int]:
         async with httpx.AsyncClient(transport=sim_transport(cfg), base_url="http://l") as client:
@@ -156,7 +156,7 @@ def test_loading_then_ready(virtual_backend: tuple[str, dict[str, Any]]) -> None
 
 def test_tgi_overloaded(virtual_backend: tuple[str, dict[str, Any]]) -> None:
     """TGI refuses past max_concurrent_requests with 429 overloaded."""
-    cfg = SimServerConfig(kind="tgi", models=("m",), slots=1, max_queue=1, token_time=1.0)
+    cfg = SimHTTPConfig(kind="tgi", models=("m",), slots=1, max_queue=1, token_time=1.0)
 
     async def main() -> int:
         transport = sim_transport(cfg)
@@ -183,7 +183,7 @@ async def _read_while_stopping(client: httpx.AsyncClient, server: SimHTTPServer)
 @pytest.mark.anyio
 async def test_crash_mid_stream_and_restart_on_same_port() -> None:
     """Stopping drops open streams; starting again serves on the same port."""
-    cfg = SimServerConfig(models=("m",), token_time=0.05, max_tokens=1000)
+    cfg = SimHTTPConfig(models=("m",), token_time=0.05, max_tokens=1000)
     async with SimHTTPServer(cfg) as server, httpx.AsyncClient(base_url=server.url) as client:
         port = server.port
         with pytest.raises(httpx.TransportError):
@@ -207,7 +207,7 @@ async def test_crash_mid_stream_and_restart_on_same_port() -> None:
 )
 async def test_unknown_routes_answer_like_the_server(kind: str, status: int, check: Any) -> None:
     """Unknown routes get each server's own not-found answer."""
-    async with httpx.AsyncClient(transport=sim_transport(SimServerConfig(kind=kind))) as client:
+    async with httpx.AsyncClient(transport=sim_transport(SimHTTPConfig(kind=kind))) as client:
         r = await client.get("http://s/no/such/route")
     assert r.status_code == status
     assert check(r)
@@ -226,7 +226,7 @@ async def test_bad_bodies_are_400() -> None:
 @pytest.mark.anyio
 async def test_cloud_dialect_requires_its_key() -> None:
     """The cloud dialect answers 401 without the configured key."""
-    cfg = SimServerConfig(kind="openai", models=("m",), api_key="sk-test")
+    cfg = SimHTTPConfig(kind="openai", models=("m",), api_key="sk-test")
     async with httpx.AsyncClient(transport=sim_transport(cfg), base_url="http://c") as client:
         denied = await client.get("/v1/models")
         allowed = await client.get("/v1/models", headers={"authorization": "Bearer sk-test"})
@@ -242,5 +242,5 @@ async def test_cloud_dialect_requires_its_key() -> None:
 def test_config_is_validated(kwargs: dict[str, Any], field: str) -> None:
     """Bad simulator settings are refused with the field named."""
     with pytest.raises(InvalidParameter) as err:
-        SimServerConfig(**kwargs)
+        SimHTTPConfig(**kwargs)
     assert err.value.field == field

@@ -9,7 +9,7 @@ import pytest
 
 from lmgate._endpoint import Endpoint, EndpointRef
 from lmgate._errors import ContextOverflow, InvalidParameter, Overloaded, SchedulerClosed
-from lmgate.sim._http import SimServerConfig, sim_transport
+from lmgate.sim._http import SimHTTPConfig, sim_transport
 from lmgate.transports import (
     ClientPool,
     ollama_chat,
@@ -30,7 +30,7 @@ class Lease:
         self.reported.update({k: v for k, v in kw.items() if v is not None})
 
 
-def client(cfg: SimServerConfig) -> httpx.AsyncClient:
+def client(cfg: SimHTTPConfig) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=sim_transport(cfg))
 
 
@@ -38,7 +38,7 @@ def client(cfg: SimServerConfig) -> httpx.AsyncClient:
 @pytest.mark.parametrize("kind", ["llamacpp", "vllm", "openai", "ollama", "lmstudio"])
 async def test_openai_chat_and_stream(kind: str) -> None:
     """One answer and one stream, usage and TTFT reported to the lease."""
-    cfg = SimServerConfig(kind=kind, models=("m",), max_tokens=5)
+    cfg = SimHTTPConfig(kind=kind, models=("m",), max_tokens=5)
     lease = Lease("http://s:1/v1", "m")
     async with client(cfg) as c:
         result = await openai_chat(c, lease, MESSAGES)
@@ -59,7 +59,7 @@ async def test_openai_chat_and_stream(kind: str) -> None:
 )
 async def test_openai_chat_raises_context_overflow(kind: str, window: int) -> None:
     """Each server's context error surfaces as ContextOverflow with its numbers."""
-    cfg = SimServerConfig(kind=kind, models=("m",), n_ctx=window)
+    cfg = SimHTTPConfig(kind=kind, models=("m",), n_ctx=window)
     lease = Lease("http://s:1", "m")
     async with client(cfg) as c:
         with pytest.raises(ContextOverflow) as err:
@@ -72,7 +72,7 @@ async def test_openai_chat_raises_context_overflow(kind: str, window: int) -> No
 @pytest.mark.anyio
 async def test_overload_raises_overloaded() -> None:
     """A 429 from a cloud API raises Overloaded with its Retry-After."""
-    cfg = SimServerConfig(kind="openai", models=("m",), rate_limit=0, retry_after=4)
+    cfg = SimHTTPConfig(kind="openai", models=("m",), rate_limit=0, retry_after=4)
     async with client(cfg) as c:
         with pytest.raises(Overloaded) as err:
             await openai_chat(c, Lease("https://api.x/v1", "m"), MESSAGES)
@@ -83,7 +83,7 @@ async def test_overload_raises_overloaded() -> None:
 async def test_ollama_chat_and_stream() -> None:
     """Ollama's native API: answer, NDJSON stream, counts and num_ctx."""
     seen: list[httpx.Request] = []
-    inner = sim_transport(SimServerConfig(kind="ollama", models=("llama3:8b",), max_tokens=6))
+    inner = sim_transport(SimHTTPConfig(kind="ollama", models=("llama3:8b",), max_tokens=6))
 
     async def spy(request: httpx.Request) -> httpx.Response:
         seen.append(request)

@@ -11,7 +11,7 @@ import pytest
 
 from lmgate._endpoint import Endpoint
 from lmgate._errors import ContextOverflow, Overloaded
-from lmgate.sim._http import SimHTTPServer, SimServerConfig, sim_transport
+from lmgate.sim._http import SimHTTPConfig, SimHTTPServer, sim_transport
 from lmgate.transports import SchedulingTransport
 
 from ._standin import StandInScheduler
@@ -36,7 +36,7 @@ def sdk(transport: SchedulingTransport) -> openai.AsyncOpenAI:
 @pytest.fixture
 async def server() -> AsyncIterator[SimHTTPServer]:
     async with SimHTTPServer(
-        SimServerConfig(kind="llamacpp", models=("m",), slots=4, n_ctx=512)
+        SimHTTPConfig(kind="llamacpp", models=("m",), slots=4, n_ctx=512)
     ) as s:
         yield s
 
@@ -46,7 +46,7 @@ async def server() -> AsyncIterator[SimHTTPServer]:
 async def test_sdk_over_mock_transport() -> None:
     """Non-streaming and streaming completions through a mock server."""
     sched = StandInScheduler([Endpoint("e", url="http://gpu:8080", models=["m"])])
-    transport = SchedulingTransport(sched, sim_transport(SimServerConfig(models=("m",))))
+    transport = SchedulingTransport(sched, sim_transport(SimHTTPConfig(models=("m",))))
     async with sdk(transport) as client:
         done = await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=5)
         stream = await client.chat.completions.create(
@@ -119,9 +119,7 @@ async def test_sdk_sees_context_error_and_lease_learns_it(server: SimHTTPServer)
 @sdk_streaming
 async def test_sdk_rate_limit_is_overload() -> None:
     """A cloud 429 reaches the SDK as RateLimitError and the lease as Overloaded."""
-    cfg = SimServerConfig(
-        kind="openai", models=("m",), rate_limit=1, retry_after=7, token_time=0.05
-    )
+    cfg = SimHTTPConfig(kind="openai", models=("m",), rate_limit=1, retry_after=7, token_time=0.05)
     sched = StandInScheduler([Endpoint("e", url="https://api.example.com/v1", models=["m"])])
     async with sdk(SchedulingTransport(sched, sim_transport(cfg))) as client:
         first = await client.chat.completions.create(
@@ -148,3 +146,34 @@ async def test_sdk_non_streaming_on_both_backends(server: SimHTTPServer) -> None
     assert r.usage is not None
     assert r.usage.completion_tokens == 3
     assert sched.leases[0].releases == [(None, None)]
+
+
+@pytest.mark.anyio
+@sdk_streaming
+async def test_sdk_through_the_real_scheduler(server: SimHTTPServer) -> None:
+    """With lmgate.Scheduler, the server never sees more than the limit at once."""
+    import lmgate
+    from lmgate.policies import Fixed
+
+    ep = lmgate.Endpoint("sim", url=server.url + "/v1", models=["m"], limit=Fixed(2))
+    async with lmgate.Scheduler([ep]) as sched:
+        transport = SchedulingTransport(sched)
+        async with sdk(transport) as client, anyio.create_task_group() as tg:
+
+            async def one(i: int) -> None:
+                if i % 2:
+                    await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=3)
+                else:
+                    s = await client.chat.completions.create(
+                        model="m", messages=MESSAGES, max_tokens=3, stream=True
+                    )
+                    async for _ in s:
+                        pass
+
+            for i in range(30):
+                tg.start_soon(one, i)
+        stats = sched.stats()
+    assert stats.outcomes["completed"] == 30
+    assert stats.in_flight == 0
+    assert server.statistics().max_in_flight <= 2
+    assert stats.endpoints[0].peak_in_flight <= 2

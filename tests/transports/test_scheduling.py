@@ -18,7 +18,7 @@ from lmgate._errors import (
     Overloaded,
     Rejected,
 )
-from lmgate.sim._http import SimServerConfig, sim_transport
+from lmgate.sim._http import SimHTTPConfig, sim_transport
 from lmgate.transports import SchedulingTransport
 
 from ._standin import StandInScheduler
@@ -119,7 +119,7 @@ async def test_non_streaming_usage_and_release() -> None:
 async def test_stream_holds_lease_until_closed() -> None:
     """A streamed body keeps the lease until it is read to the end and closed."""
     sched = StandInScheduler([endpoint()])
-    transport = SchedulingTransport(sched, sim_transport(SimServerConfig(models=("m",))))
+    transport = SchedulingTransport(sched, sim_transport(SimHTTPConfig(models=("m",))))
     body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     async with httpx.AsyncClient(transport=transport) as client:
         async with client.stream("POST", "http://x/v1/chat/completions", json=body) as r:
@@ -137,7 +137,7 @@ async def test_stream_holds_lease_until_closed() -> None:
 async def test_early_close_counts_as_cancelled() -> None:
     """Closing a stream before its end releases the lease as cancelled."""
     sched = StandInScheduler([endpoint()])
-    transport = SchedulingTransport(sched, sim_transport(SimServerConfig(models=("m",))))
+    transport = SchedulingTransport(sched, sim_transport(SimHTTPConfig(models=("m",))))
     async with (
         httpx.AsyncClient(transport=transport) as client,
         client.stream("POST", "http://x/v1/chat/completions", json={**CHAT, "stream": True}) as r,
@@ -288,7 +288,7 @@ async def test_mid_stream_failure_releases_with_the_error() -> None:
 def test_deadline_enforced_while_streaming(virtual_backend: tuple[str, dict[str, Any]]) -> None:
     """A stream still running at the lease deadline ends with DeadlineExceeded."""
     sched = StandInScheduler([endpoint()])
-    slow = sim_transport(SimServerConfig(models=("m",), token_time=1.0, max_tokens=100))
+    slow = sim_transport(SimHTTPConfig(models=("m",), token_time=1.0, max_tokens=100))
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=SchedulingTransport(sched, slow)) as client:
@@ -356,7 +356,7 @@ async def test_refusals_raise_or_respond() -> None:
 async def test_estimator_calibrates_from_usage() -> None:
     """Usage reports teach the endpoint's token estimator."""
     sched = StandInScheduler([endpoint()])
-    transport = SchedulingTransport(sched, sim_transport(SimServerConfig(models=("m",))))
+    transport = SchedulingTransport(sched, sim_transport(SimHTTPConfig(models=("m",))))
     text = "word " * 200
     async with httpx.AsyncClient(transport=transport) as client:
         for _ in range(3):
@@ -371,7 +371,7 @@ async def test_estimator_calibrates_from_usage() -> None:
 async def test_forgotten_response_releases_on_collection() -> None:
     """A response nobody closes gives its slot back when collected."""
     sched = StandInScheduler([endpoint()])
-    transport = SchedulingTransport(sched, sim_transport(SimServerConfig(models=("m",))))
+    transport = SchedulingTransport(sched, sim_transport(SimHTTPConfig(models=("m",))))
     async with httpx.AsyncClient(transport=transport) as client:
         req = client.build_request(
             "POST", "http://x/v1/chat/completions", json={**CHAT, "stream": True}

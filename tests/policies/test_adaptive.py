@@ -1,0 +1,460 @@
+"""Adaptive: invariants under any samples, and closed-loop runs against a model server.
+
+The model is a continuous-batching server stepped in virtual time: every
+step each running request writes one token, and a step takes ``base`` seconds
+up to ``knee`` running requests and grows in proportion past it, so
+throughput is flat beyond the knee and only latency grows.  ``slots``, when
+set, lets that many run and queues the rest (time to first token then
+carries the wait).  A saturated client keeps the limit full, which is what
+any overload (3x or 30x) looks like to a limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import math
+import random
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from lmgate._errors import InvalidParameter
+from lmgate.policies._adaptive import Adaptive, AdaptiveState
+from lmgate.policies._sample import OUTCOME_CLASSES, OutcomeClass, Sample
+
+Trace = tuple[tuple[float, int], ...]
+
+
+class Run(NamedTuple):
+    """What a closed-loop run leaves: the limit after every step, and the final counts."""
+
+    trace: Trace
+    detail: tuple[tuple[str, float], ...]
+
+
+@functools.cache
+def serve(
+    config: Adaptive,
+    *,
+    knee: int = 16,
+    seconds: float = 300.0,
+    seed: int = 1,
+    ttft: bool = True,
+    slots: int | None = None,
+    sublinear: tuple[float, float] | None = None,
+    change_at: float = math.inf,
+    speed_after: float = 1.0,
+    knee_after: int | None = None,
+    quiet: tuple[float, float, int] | None = None,
+) -> Run:
+    """Run the model server under ``config``; the (time, limit) after every step.
+
+    ``quiet`` is ``(start, end, requests)``: the client wants only that many
+    requests in flight between ``start`` and ``end``.
+    """
+    rng = random.Random(seed)
+    state = config.build()
+    now, trace = 0.0, []
+    running: list[list[Any]] = []  # [start, written, wanted, first_token_at, in_flight]
+    while now < seconds:
+        changed = now >= change_at
+        k = knee_after if changed and knee_after is not None else knee
+        wanted = state.tick(now)
+        if quiet is not None and quiet[0] <= now < quiet[1]:
+            wanted = min(wanted, quiet[2])
+        while len(running) < wanted:
+            running.append([now, 0, rng.randint(20, 200), None, len(running) + 1])
+        batch = len(running) if slots is None else min(len(running), slots)
+        if sublinear is not None:
+            step = sublinear[0] + sublinear[1] * batch
+        else:
+            step = 0.02 * max(1.0, batch / k)
+        now += step * (1.0 + 0.1 * rng.uniform(-1.0, 1.0)) / (speed_after if changed else 1.0)
+        for request in running[:batch]:
+            request[1] += 1
+            if request[3] is None:
+                request[3] = now
+        for request in [r for r in running[:batch] if r[1] >= r[2]]:
+            running.remove(request)
+            start, _, tokens, first, in_flight = request
+            sample = Sample(
+                start=start,
+                duration=now - start,
+                in_flight=in_flight,
+                outcome="success",
+                ttft=first - start if ttft else None,
+                prompt_tokens=300 if ttft else None,
+                output_tokens=tokens,
+            )
+            state.update(sample, now)
+        trace.append((now, state.limit))
+    return Run(tuple(trace), tuple(state.statistics().detail.items()))
+
+
+def over(trace: Trace, start: float, end: float) -> tuple[float, float, int, int]:
+    """Time-weighted mean and coefficient of variation, and the range, in [start, end)."""
+    total = weighted = squares = 0.0
+    values = []
+    for (t0, limit), (t1, _) in itertools.pairwise(trace):
+        if start <= t0 < end:
+            total += t1 - t0
+            weighted += limit * (t1 - t0)
+            squares += limit * limit * (t1 - t0)
+            values.append(limit)
+    mean = weighted / total
+    return mean, math.sqrt(max(0.0, squares / total - mean * mean)) / mean, min(values), max(values)
+
+
+def share_within(trace: Trace, start: float, end: float, low: int, high: int) -> float:
+    """The share of time in [start, end) the limit spent within [low, high]."""
+    inside = total = 0.0
+    for (t0, limit), (t1, _) in itertools.pairwise(trace):
+        if start <= t0 < end:
+            total += t1 - t0
+            inside += (t1 - t0) if low <= limit <= high else 0.0
+    return inside / total
+
+
+# -- closed loop -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttft", [True, False])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_holds_the_knee_steadily(seed: int, ttft: bool) -> None:
+    """Knee at 16, saturated: mean in [14, 20], CV <= 5 %, no collapse, no drift."""
+    mean, cv, low, high = over(serve(Adaptive(), seed=seed, ttft=ttft).trace, 60.0, 300.0)
+    assert 14.0 <= mean <= 20.0
+    assert cv <= 0.05
+    assert low >= 12
+    assert high <= 24
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_capacity_halving_keeps_the_knee(seed: int) -> None:
+    """Every step twice as slow from t=300: within 10 s the limit is back at the knee."""
+    trace = serve(Adaptive(), seed=seed, seconds=420.0, change_at=300.0, speed_after=0.5).trace
+    mean, cv, _, _ = over(trace, 310.0, 420.0)
+    assert 14.0 <= mean <= 20.0
+    assert cv <= 0.08
+    assert share_within(trace, 310.0, 420.0, 14, 20) >= 0.9
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_knee_halving_is_found(seed: int) -> None:
+    """The knee moves from 16 to 8 at t=300: the limit follows within 40 s, and stays."""
+    trace = serve(Adaptive(), seed=seed, seconds=460.0, change_at=300.0, knee_after=8).trace
+    assert min(t for t, limit in trace if t >= 300.0 and limit <= 11) <= 340.0
+    mean, _, _, _ = over(trace, 360.0, 460.0)
+    assert 7.0 <= mean <= 11.0
+    assert 7 <= trace[-1][1] <= 10
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_queueing_knee_is_read_from_time_to_first_token(seed: int) -> None:
+    """With 16 slots and a queue behind them the wait shows in TTFT: it holds at 16."""
+    trace = serve(Adaptive(), knee=1000, slots=16, seed=seed).trace
+    mean, cv, _, _ = over(trace, 60.0, 300.0)
+    assert 14.0 <= mean <= 20.0
+    assert cv <= 0.05
+    assert max(limit for _, limit in trace) <= 32
+
+
+def test_batching_that_still_pays_is_not_mistaken_for_a_queue() -> None:
+    """Per-token time rising gently with batch size (a GPU): the limit climbs far past 14."""
+    trace = serve(Adaptive(), sublinear=(0.0033, 0.00005), seconds=200.0).trace
+    mean, _, _, high = over(trace, 100.0, 200.0)
+    assert mean >= 64.0
+    assert high <= Adaptive().max_limit
+
+
+def test_starting_high_comes_down_to_the_knee() -> None:
+    """An initial limit four times the knee is undone by the startup's growing down-steps."""
+    trace = serve(Adaptive(initial_limit=64), seconds=300.0).trace
+    assert min(t for t, limit in trace if limit <= 20) <= 90.0
+    mean, _, _, _ = over(trace, 150.0, 300.0)
+    assert 14.0 <= mean <= 20.0
+
+
+def test_a_quiet_client_is_not_read_as_a_faster_server() -> None:
+    """Windows while the client wants few requests neither move nor re-reference the limit."""
+    run = serve(Adaptive(), sublinear=(0.0033, 0.00005), seconds=200.0, quiet=(150.0, 200.0, 20))
+    _, _, low, high = over(run.trace, 160.0, 200.0)
+    assert low == high == run.trace[-1][1] >= 64
+    assert dict(run.detail)["shifts"] == 0
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(min_value=6, max_value=40), st.integers(min_value=0, max_value=10**6))
+def test_settles_near_any_knee(knee: int, seed: int) -> None:
+    """For any knee the steady limit sits at it or a little past it, never far off."""
+    mean, _, _, _ = over(serve(Adaptive(), knee=knee, seed=seed, seconds=240.0).trace, 120.0, 240.0)
+    assert 0.85 * knee <= mean <= 1.3 * knee + 1
+
+
+def test_same_seed_same_run_other_seed_other_probes() -> None:
+    """The probe jitter comes from the config's seed: runs replay exactly."""
+    a = serve(Adaptive(seed=5), seconds=200.0).trace
+    assert a == serve(Adaptive(seed=5), seconds=200.0).trace
+    assert a != serve(Adaptive(seed=6), seconds=200.0).trace
+
+
+# -- synthetic streams -----------------------------------------------------------
+
+
+def drive(
+    config: Adaptive, law: Callable[[int, float], float], steps: int, seed: int = 0
+) -> tuple[AdaptiveState, list[int]]:
+    """Feed samples slowed by ``law(limit, now)``; the held limits seen after each."""
+    rng = random.Random(seed)
+    state = config.build()
+    held = []
+    for i in range(steps):
+        now = i * 0.05
+        limit = state.tick(now)
+        slow = law(limit, now)
+        tokens = rng.randint(1, 500)
+        ttft = 0.05 * slow
+        sample = Sample(
+            start=now,
+            duration=ttft + (tokens - 1) * 0.02 * slow,
+            in_flight=limit,
+            outcome="success",
+            ttft=ttft,
+            output_tokens=tokens,
+        )
+        state.update(sample, now)
+        held.append(int(state.statistics().detail["held_limit"]))
+    return state, held
+
+
+QUICK = Adaptive(initial_limit=8, max_limit=200, settle=0.0, probe_interval=2.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(min_value=0, max_value=10**6))
+def test_flat_latency_only_ever_raises_the_limit(seed: int) -> None:
+    """Latency that no concurrency changes: the held limit never falls and climbs to the top."""
+    _, held = drive(QUICK, lambda c, t: 1.0, 3000, seed)
+    assert all(b >= a for a, b in itertools.pairwise(held))
+    assert held[-1] == QUICK.max_limit
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(min_value=1.0, max_value=3.0), st.integers(min_value=0, max_value=10**6))
+def test_latency_growing_with_concurrency_only_ever_lowers_it(power: float, seed: int) -> None:
+    """Latency at least proportional to concurrency: the held limit never rises."""
+    _, held = drive(QUICK, lambda c, t: float(c) ** power, 3000, seed)
+    assert all(b <= a for a, b in itertools.pairwise(held))
+    assert held[-1] < QUICK.initial_limit
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=60),
+    st.floats(min_value=1.0, max_value=3.0),
+    st.integers(min_value=0, max_value=10**6),
+)
+def test_exact_knee_is_held_without_drift(knee: int, power: float, seed: int) -> None:
+    """Flat below a knee and steep past it: the held limit ends at or just past the knee."""
+    _, held = drive(QUICK, lambda c, t: max(1.0, c / knee) ** power, 6000, seed)
+    step = max(1, round(knee * QUICK.probe_step))
+    assert knee - step <= held[-1] <= math.ceil(1.25 * knee) + 1
+
+
+@pytest.mark.parametrize(("amplitude", "period"), [(0.1, 10.0), (0.05, 5.0), (0.2, 40.0)])
+def test_drift_in_latency_is_not_read_as_a_knee(amplitude: float, period: float) -> None:
+    """Latency swinging with time, not with load: bracketed probes never cut the limit."""
+
+    def law(c: int, t: float) -> float:
+        return 1.0 + amplitude * math.sin(2 * math.pi * t / period)
+
+    state, held = drive(
+        Adaptive(initial_limit=8, max_limit=60, settle=0.0, probe_interval=2.0), law, 6000
+    )
+    assert all(b >= a for a, b in itertools.pairwise(held))
+    assert held[-1] == 60
+    assert state.statistics().detail["probes"] >= 20
+
+
+# -- rules -----------------------------------------------------------------------
+
+
+def success(now: float, *, in_flight: int = 4, duration: float = 1.0) -> Sample:
+    return Sample(
+        start=now, duration=duration, in_flight=in_flight, outcome="success", output_tokens=100
+    )
+
+
+def drop(start: float, outcome: OutcomeClass = "overload") -> Sample:
+    return Sample(start=start, duration=0.001, in_flight=1, outcome=outcome)
+
+
+def test_startup_doubles_while_latency_stays_flat() -> None:
+    """Flat windows: 4, then 8, then 16."""
+    state = Adaptive(settle=0.0).build()
+    seen = [state.limit]
+    for i in range(40):
+        state.update(success(i * 0.2, in_flight=state.limit), i * 0.2)
+        if state.limit != seen[-1]:
+            seen.append(state.limit)
+    assert seen[:3] == [4, 8, 16]
+
+
+@pytest.mark.parametrize("outcome", ["overload", "timeout", "error"])
+def test_a_fresh_drop_cuts_at_once_and_a_stale_one_does_not(outcome: OutcomeClass) -> None:
+    """One cut per overload: drops of requests granted before the cut are not news."""
+    state = Adaptive(initial_limit=40, max_limit=100).build()
+    assert state.update(drop(0.0, outcome), 1.0) == 36
+    assert state.update(drop(0.5, outcome), 1.1) == 36
+    assert state.update(drop(1.05, outcome), 1.2) == 32
+    assert state.statistics().detail["cuts"] == 2
+
+
+def test_fast_failures_are_never_read_as_latency() -> None:
+    """A stream of instant 429s only ever lowers the limit, down to the floor."""
+    state = Adaptive(initial_limit=30, max_limit=100).build()
+    seen = []
+    for i in range(200):
+        seen.append(state.update(drop(i * 0.1), i * 0.1 + 0.01))
+        state.tick(i * 0.1 + 0.05)
+    assert seen == sorted(seen, reverse=True)
+    assert seen[-1] == 1
+    assert state.statistics().detail["windows"] == 0
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "client_error", "loading"])
+def test_outcomes_that_say_nothing_are_not_samples(outcome: OutcomeClass) -> None:
+    """Cancelled, client-error and loading outcomes change nothing at all."""
+    state = Adaptive().build()
+    for i in range(5):
+        state.update(success(i * 0.5), i * 0.5)
+    before = copy.deepcopy(state.statistics())
+    for i in range(50):
+        state.update(Sample(start=3.0, duration=0.001 * i, in_flight=1, outcome=outcome), 3.0 + i)
+    assert state.statistics() == before
+
+
+def test_statistics_and_repr() -> None:
+    """Statistics name the policy and stay finite; repr shows the held limit."""
+    state = Adaptive().build()
+    stats = state.statistics()
+    assert (stats.policy, stats.limit, stats.samples) == ("Adaptive", 4, 0)
+    assert stats.detail["startup"] == 1.0
+    assert "limit=4" in repr(state)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"initial_limit": 0}, "initial_limit"),
+        ({"min_limit": 5, "max_limit": 4}, "max_limit"),
+        ({"max_limit": 2}, "initial_limit"),
+        ({"elasticity": 0.0}, "elasticity"),
+        ({"elasticity": 1.5}, "elasticity"),
+        ({"probe_step": 0.0}, "probe_step"),
+        ({"probe_interval": -1.0}, "probe_interval"),
+        ({"probe_jitter": 1.0}, "probe_jitter"),
+        ({"probe_timeout": 0.0}, "probe_timeout"),
+        ({"startup_factor": 0.5}, "startup_factor"),
+        ({"settle": math.nan}, "settle"),
+        ({"jump": 0.0}, "jump"),
+        ({"backoff": 1.0}, "backoff"),
+        ({"smoothing": 2.0}, "smoothing"),
+        ({"window": math.inf}, "window"),
+        ({"window_samples": 0}, "window_samples"),
+        ({"window_samples": 10, "max_window_samples": 5}, "max_window_samples"),
+        ({"prompt_scale": -1.0}, "prompt_scale"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+def test_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -> None:
+    """Bad settings raise InvalidParameter naming the field."""
+    with pytest.raises(InvalidParameter) as info:
+        Adaptive(**kwargs)
+    assert info.value.field == field
+
+
+# -- any input -------------------------------------------------------------------
+
+finite_or_not = st.floats(allow_nan=True, allow_infinity=True)
+samples = st.builds(
+    Sample,
+    start=st.one_of(st.floats(min_value=-10.0, max_value=1e4), finite_or_not),
+    duration=st.one_of(
+        st.just(0.0), st.floats(min_value=1e-9, max_value=1e4), st.floats(min_value=-1e300)
+    )
+    | finite_or_not,
+    in_flight=st.integers(min_value=-5, max_value=10_000),
+    outcome=st.sampled_from(OUTCOME_CLASSES),
+    ttft=st.none() | st.floats(min_value=0.0, max_value=1e4) | finite_or_not,
+    prompt_tokens=st.none() | st.integers(min_value=-5, max_value=10**7),
+    output_tokens=st.none() | st.integers(min_value=-5, max_value=10**7),
+)
+
+
+class AdaptiveMachine(RuleBasedStateMachine):
+    """Any samples, ticks and clocks: bounds hold, drops never raise, nothing is NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = Adaptive(
+            initial_limit=6,
+            min_limit=2,
+            max_limit=40,
+            window_samples=2,
+            settle=0.0,
+            probe_interval=1.0,
+            window=0.0,
+        )
+        self.state = self.config.build()
+        self.now = 0.0
+
+    @rule(s=samples, dt=st.floats(min_value=0.0, max_value=5.0))
+    def feed(self, s: Sample, dt: float) -> None:
+        self.now += dt
+        before = self.state.limit
+        after = self.state.update(s, self.now)
+        if s.outcome in ("overload", "timeout", "error"):
+            assert after <= before
+
+    @rule(
+        s=samples,
+        scale=st.floats(min_value=0.5, max_value=3.0),
+        dt=st.floats(min_value=0.0, max_value=1.0),
+    )
+    def feed_plausible(self, s: Sample, scale: float, dt: float) -> None:
+        """A success like a real one, so windows close and probes run."""
+        self.now += dt
+        self.state.update(
+            Sample(
+                start=self.now,
+                duration=scale,
+                in_flight=self.state.limit,
+                outcome="success",
+                ttft=scale / 10,
+                output_tokens=s.output_tokens,
+            ),
+            self.now,
+        )
+
+    @rule(now=st.one_of(finite_or_not, st.floats(min_value=0.0, max_value=1e3)))
+    def tick(self, now: float) -> None:
+        assert self.state.tick(now) == self.state.limit
+
+    @invariant()
+    def bounded_and_finite(self) -> None:
+        stats = self.state.statistics()
+        assert self.config.min_limit <= stats.limit <= self.config.max_limit
+        assert self.config.min_limit <= stats.detail["held_limit"] <= self.config.max_limit
+        assert all(math.isfinite(v) for v in stats.detail.values())
+
+
+TestAdaptiveMachine = AdaptiveMachine.TestCase
+TestAdaptiveMachine.settings = settings(max_examples=40, stateful_step_count=60, deadline=None)
