@@ -17,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-from collections.abc import Iterable
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, final
 from urllib.parse import urlsplit
 
@@ -29,6 +32,7 @@ from lmgate._logging import RateLimitedLogger
 
 __all__ = [
     "UNKNOWN",
+    "ListenerCache",
     "ListenerReport",
     "ServerExposed",
     "ServerRunsAsRoot",
@@ -129,6 +133,68 @@ def inspect_listener(url: str) -> ListenerReport | None:
         exposed_to_network=exposed,
         runs_as_root=root,
     )
+
+
+@final
+class ListenerCache:
+    """Recent reports per URL, so schedulers started one after another in a
+    process (tests, short scripts, a pool of workers) scan the socket table
+    once, not once each.  Bounded in entries and age; thread-safe, since the
+    lookups run in worker threads.
+    """
+
+    __slots__ = ("_clock", "_entries", "_lock", "_max_age", "_size", "hits", "misses")
+
+    def __init__(
+        self,
+        *,
+        size: int = 64,
+        max_age: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._size = size
+        self._max_age = max_age
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, ListenerReport | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def inspect(self, urls: Sequence[str]) -> list[ListenerReport | None]:
+        """``inspect_listener`` for each URL, from the cache when fresh.  Blocking."""
+        out: list[ListenerReport | None] = []
+        for url in urls:
+            now = self._clock()
+            with self._lock:
+                entry = self._entries.get(url)
+                if entry is not None and now - entry[0] < self._max_age:
+                    self._entries.move_to_end(url)
+                    self.hits += 1
+                    out.append(entry[1])
+                    continue
+                self.misses += 1
+            report = inspect_listener(url)
+            with self._lock:
+                self._entries[url] = (self._clock(), report)
+                self._entries.move_to_end(url)
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+            out.append(report)
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"<ListenerCache entries={len(self._entries)} hits={self.hits} misses={self.misses}>"
+
+
+#: The process-wide cache the scheduler's start-up check uses.
+LISTENERS: Final = ListenerCache()
 
 
 def exposure_events(report: ListenerReport, *, endpoint: str, now: float) -> list[Event]:

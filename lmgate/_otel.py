@@ -6,14 +6,18 @@ span with two children -- ``lmgate.queue`` (submit to grant or refusal) and
 ``lmgate.call`` (grant to release).  While the call runs, ``lmgate.call`` is
 the current span, so the HTTP client's own spans nest under it.
 
-The scheduler calls the three hook methods from the *caller's* task (lease
-entry, grant, lease exit): attaching a context and detaching it must happen
-in the same context.  Exceptions are recorded by type only -- their
-messages may quote a prompt or a key.
+The scheduler calls ``on_request_start`` and ``on_request_granted`` in the
+requesting task, so the call span is attached to the caller's context.  An
+end usually comes from the same task too; when it comes from elsewhere (a
+release in another task, a refusal by the controller, shutdown) the spans
+still end, but the caller's context can only be restored from the caller's
+own task: that happens at its next request.  Exceptions are recorded by
+type only -- their messages may quote a prompt or a key.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar, Token
 from typing import Any, Final, final
 from urllib.parse import urlsplit
 
@@ -38,17 +42,38 @@ ERROR_OUTCOMES: Final = frozenset(
 class RequestSpans:
     """The spans of one request in flight; the handle the hook methods pass around."""
 
-    __slots__ = ("call", "queue", "request", "token")
+    __slots__ = ("call", "ended", "mark", "queue", "request", "token")
 
     def __init__(self, request: Span, queue: Span) -> None:
         self.request = request
         self.queue: Span | None = queue
         self.call: Span | None = None
+        self.ended = False
+        #: The OpenTelemetry context token, and our own marker of the same
+        #: attach (resetting it tells whether this is the attaching context).
         self.token: Any = None
+        self.mark: Token[RequestSpans | None] | None = None
 
     def __repr__(self) -> str:
         state = "call" if self.call is not None else "queue" if self.queue is not None else "done"
         return f"<RequestSpans {state}>"
+
+
+#: The request whose call span this context made current, if any.
+_ATTACHED: ContextVar[RequestSpans | None] = ContextVar("lmgate_otel_attached", default=None)
+
+
+def _detach(handle: RequestSpans) -> None:
+    """Restore the caller's context, if this is the caller's context."""
+    if handle.mark is None:
+        return
+    try:
+        _ATTACHED.reset(handle.mark)
+    except (ValueError, RuntimeError):
+        return  # another task's context: the caller restores it itself later
+    handle.mark = None
+    token, handle.token = handle.token, None
+    otel_context.detach(token)
 
 
 @final
@@ -67,6 +92,9 @@ class OtelHook:
 
     def on_request_start(self, *, model: str, priority: int) -> RequestSpans:
         """At submit, in the caller's task: the request and queue spans begin."""
+        stale = _ATTACHED.get()
+        if stale is not None and stale.ended:
+            _detach(stale)  # ended from another task: restore this context now
         request = self._tracer.start_span(
             "lmgate.request",
             kind=SpanKind.INTERNAL,
@@ -103,6 +131,7 @@ class OtelHook:
             attributes=attrs,
         )
         handle.token = otel_context.attach(trace.set_span_in_context(handle.call))
+        handle.mark = _ATTACHED.set(handle)
 
     def on_request_end(
         self,
@@ -117,11 +146,10 @@ class OtelHook:
         error: BaseException | None = None,
     ) -> None:
         """At release or refusal, in the caller's task: every open span ends."""
-        if not isinstance(handle, RequestSpans):
+        if not isinstance(handle, RequestSpans) or handle.ended:
             return
-        if handle.token is not None:
-            otel_context.detach(handle.token)
-            handle.token = None
+        handle.ended = True
+        _detach(handle)
         attrs: dict[str, str | float] = {"lmgate.outcome": outcome}
         attrs["lmgate.queue_wait"] = float(queue_wait)
         if duration is not None:

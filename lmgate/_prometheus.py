@@ -19,6 +19,7 @@ from typing import Any, Final, final
 from urllib.parse import urlsplit, urlunsplit
 
 try:
+    from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -37,6 +38,7 @@ __all__ = [
     "QUEUE_WAIT_BUCKETS",
     "LatencyHistograms",
     "LmgateCollector",
+    "instrument",
 ]
 
 #: Seconds; a local model answers in 50 ms to minutes.
@@ -214,6 +216,11 @@ class LmgateCollector:
             "Resource guard severity: 0 proceed .. 3 pause_admission.",
             ["recommendation"],
         )
+        paused = gauge("admission_paused", "1 while resource pressure pauses admission.")
+        context_factor = gauge("context_factor", "Factor on the context threshold of new requests.")
+        shed = counter("requests_shed", "Requests refused under resource pressure.", ["where"])
+        retries = counter("retries", "Attempts after a request's first.")
+        fallbacks = counter("fallbacks", "Attempts moved to another model.")
         if s is not None:
             queued.add_metric([], _num(getattr(s, "queued", 0)))
             if getattr(s, "queue_size", None) is not None:
@@ -244,13 +251,23 @@ class LmgateCollector:
             if events is not None:
                 ev_published.add_metric([], _num(getattr(events, "published", 0)))
                 ev_dropped.add_metric([], _num(getattr(events, "dropped", 0)))
-            rec = getattr(getattr(s, "resources", None), "recommendation", None)
+            res = getattr(s, "resources", None)
+            rec = getattr(res, "recommendation", None)
             if rec in _SEVERITY:
                 pressure.add_metric([str(rec)], float(_SEVERITY[str(rec)]))
+            if res is not None and hasattr(res, "paused"):
+                paused.add_metric([], 1.0 if res.paused else 0.0)
+                context_factor.add_metric([], _num(getattr(res, "context_factor", 1.0)))
+                shed.add_metric(["submit"], _num(getattr(res, "shed", 0)))
+                shed.add_metric(["queue"], _num(getattr(res, "evicted", 0)))
+            for family, field in ((retries, "retries"), (fallbacks, "fallbacks")):
+                if hasattr(s, field):
+                    family.add_metric([], _num(getattr(s, field)))
         yield from (queued, capacity, in_flight, submitted, outcomes)
         yield from (ep_in_flight, ep_limit, ep_state, ep_routing, ep_info)
         yield from (ep_latency, ep_ttft, ep_samples)
-        yield from (ev_published, ev_dropped, pressure)
+        yield from (ev_published, ev_dropped, pressure, paused, context_factor, shed)
+        yield from (retries, fallbacks)
         for hist, name, doc in (
             (self.durations, "request_duration_seconds", "Call duration per endpoint."),
             (self.queue_waits, "queue_wait_seconds", "Time from submit to grant or refusal."),
@@ -264,6 +281,29 @@ class LmgateCollector:
 
     def __repr__(self) -> str:
         return f"<LmgateCollector namespace={self._ns!r}>"
+
+
+def instrument(
+    sched: Any, *, registry: CollectorRegistry | None = REGISTRY, **options: Any
+) -> LmgateCollector:
+    """Export ``sched``'s metrics: a collector, registered and added as a request hook.
+
+    ``options`` go to :class:`LmgateCollector`; ``registry=None`` skips
+    registration (register the returned collector yourself).
+    """
+    add_hook = getattr(sched, "add_hook", None)
+    if not callable(add_hook):
+        raise InvalidParameter("sched must be a Scheduler (with add_hook())", field="sched")
+    collector = LmgateCollector(sched, **options)
+    if registry is not None:
+        registry.register(collector)
+    try:
+        add_hook(collector)
+    except BaseException:
+        if registry is not None:
+            registry.unregister(collector)
+        raise
+    return collector
 
 
 def _num(value: Any) -> float:

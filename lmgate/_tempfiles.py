@@ -27,7 +27,13 @@ import psutil  # type: ignore[import-untyped]
 
 from lmgate.policies._limit import check_float
 
-__all__ = ["TEMP_PREFIX", "TempCleanup", "clean_stale_temp_files", "temp_path_for"]
+__all__ = [
+    "TEMP_PREFIX",
+    "TempCleanup",
+    "clean_stale_temp_files",
+    "state_dirs_of",
+    "temp_path_for",
+]
 
 TEMP_PREFIX: Final = ".lmgate-tmp-"
 #: Paths listed in a cleanup result; the counts are always complete.
@@ -55,6 +61,21 @@ def temp_path_for(target: str | os.PathLike[str]) -> Path:
     stem = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-"
     name = (stem + path.name)[:_MAX_NAME]
     return path.with_name(name)
+
+
+def state_dirs_of(*files: str | os.PathLike[str] | None) -> tuple[str, ...]:
+    """The directories holding ``files`` (a config file, a journal), once each.
+
+    What a config loader passes as ``Scheduler(state_dirs=...)``: the places
+    lmgate writes atomically, whose leftovers are cleaned at start and whose
+    free space the resource guard watches.  ``None`` entries are skipped.
+    """
+    out: dict[str, None] = {}
+    for f in files:
+        if f is None:
+            continue
+        out[os.path.abspath(os.path.dirname(os.fspath(f)) or ".")] = None
+    return tuple(out)
 
 
 def clean_stale_temp_files(

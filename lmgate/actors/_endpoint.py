@@ -20,6 +20,14 @@ Retry-After or a loading model.  Leases still running from before an
 opening count against the trial cap, so a black hole's stuck calls delay
 the first trial until they end: no extra load reaches a sick server.
 
+A refused connection fails in no time, so a cap on concurrent trials alone
+would let queued requests file through one after another before the
+actor's answer arrives.  Admission therefore anticipates the actor on the
+release itself: a failed trial sets the endpoint's ``trials`` to 0, and a
+Retry-After or a loading answer holds it.  The actor, which gets that very
+sample, always answers: it re-sends its routing after any failure while
+half-open, and a pause from the server always holds its breaker.
+
 Evidence.  A cold request (the model was loading) neither feeds the limit
 nor counts as a failure.  A call still running at its request's deadline
 counts against the endpoint only if it ran long enough to have finished
@@ -271,7 +279,12 @@ class EndpointActor:
                 self._loading_news = now
         if verdict.feed_limit:
             await self._publish_limit(self._limit.update(sample, now), now)
-        if transition is not None or told == "overload" or told == "loading":
+        failed = sample.outcome == "error" or sample.outcome == "timeout"
+        if failed and self._routing[2] is not None:
+            # Admission stopped granting trials on this failure; say again
+            # what holds now, whatever the breaker made of the sample.
+            await self._after(transition, now, force=True)
+        elif transition is not None or told == "overload" or told == "loading":
             await self._after(transition, now)
 
     def _timeout_is_evidence(self, sample: Sample) -> bool:
@@ -354,7 +367,9 @@ class EndpointActor:
 
     # -- telling others ----------------------------------------------------------
 
-    async def _after(self, transition: Transition | None, now: float) -> None:
+    async def _after(
+        self, transition: Transition | None, now: float, *, force: bool = False
+    ) -> None:
         """Publish a breaker transition, route accordingly, arm the timer."""
         breaker = self._breaker
         if transition is not None:
@@ -376,7 +391,7 @@ class EndpointActor:
             routing = ("down", "open", None)
         if self._reprobe and routing[0] == "up":
             routing = ("held", "moved", None)
-        if routing != self._routing:
+        if routing != self._routing or force:
             self._routing = routing
             await self._controller.send(StateChanged(self.index, *routing))
         until = breaker.retry_at(now)

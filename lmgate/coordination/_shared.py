@@ -23,6 +23,7 @@ import anyio
 
 from lmgate._errors import SchedulerClosed
 from lmgate.coordination._book import Batch, Book, Want
+from lmgate.coordination._calls import control_call, rejoin_call, sync_call
 from lmgate.coordination._events import LeadershipChanged, SharedLimitPublished, SharedStateApplied
 from lmgate.coordination._fallback import fallback_limit
 from lmgate.coordination._limit import SharedLimit, decode_sample
@@ -33,13 +34,7 @@ from lmgate.coordination._mirror import (
     route_state,
     worst,
 )
-from lmgate.coordination._scripts import (
-    Keys,
-    control_call,
-    notify_channel,
-    rejoin_call,
-    sync_call,
-)
+from lmgate.coordination._scripts import Keys, notify_channel
 from lmgate.policies._limit import LimitPolicy, LimitState
 
 if TYPE_CHECKING:

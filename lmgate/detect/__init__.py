@@ -10,7 +10,7 @@ it is a self-hosted model server or a cloud API.
 from lmgate.detect._cache import ProbeCache, ProbeCacheStatistics
 from lmgate.detect._evidence import Observation
 from lmgate.detect._fingerprint import Evidence, Verdict, decide
-from lmgate.detect._learn import discover, health_check, learn
+from lmgate.detect._learn import HealthAnswer, discover, health_check, health_status, learn
 from lmgate.detect._locality import Locality, UrlLocality, classify_url, locality
 from lmgate.detect._probe import ServerInfo, invalidate, probe, server_root
 from lmgate.detect._tokens import TokenCount, TokenEstimator, TokenEstimatorStatistics, count_tokens
@@ -18,6 +18,7 @@ from lmgate.detect._windows import WindowChoice, family_default, resolve_window,
 
 __all__ = [
     "Evidence",
+    "HealthAnswer",
     "Locality",
     "Observation",
     "ProbeCache",
@@ -35,6 +36,7 @@ __all__ = [
     "discover",
     "family_default",
     "health_check",
+    "health_status",
     "invalidate",
     "learn",
     "locality",

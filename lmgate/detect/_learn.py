@@ -12,16 +12,18 @@ its model is told apart from one that is down.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, final
 
 import httpx
 import msgspec
 
 from lmgate._endpoint import Endpoint, HealthCheck
 from lmgate._errors import InvalidParameter
-from lmgate.detect._probe import ServerInfo, probe, server_root
+from lmgate.detect._evidence import Observation, read
+from lmgate.detect._locality import classify_url
+from lmgate.detect._probe import MAX_BODY, ServerInfo, probe, server_root
 
-__all__ = ["discover", "endpoint_key", "health_check", "learn"]
+__all__ = ["HealthAnswer", "discover", "endpoint_key", "health_check", "health_status", "learn"]
 
 
 def endpoint_key(endpoint: Endpoint) -> str | None:
@@ -59,6 +61,68 @@ def learn(endpoint: Endpoint, info: ServerInfo) -> Endpoint:
     return msgspec.structs.replace(endpoint, **changes) if changes else endpoint
 
 
+@final
+class HealthAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """What a server's own health route said: serving, loading, or neither."""
+
+    ok: bool
+    loading: bool = False
+    status: int | None = None
+    detail: str = ""
+
+
+async def health_status(
+    url: str,
+    route: str,
+    *,
+    api_key: str | None = None,
+    client: httpx.AsyncClient | None = None,
+    timeout: float = 2.0,  # noqa: ASYNC109 -- one request's bound
+) -> HealthAnswer:
+    """GET ``route`` under ``url``'s server root and read the answer.
+
+    Healthy means HTTP 200 without an error body; a 503 that says the model
+    is loading is ``loading`` (the server is up, traffic should wait).
+    Raises ``httpx.TransportError`` when nothing answered, so a caller can
+    tell a refused connection (the server is gone, or moved) from a server
+    that answers and is unwell.  Redirects are not followed, the body is
+    capped, and the key goes to this server only.
+    """
+    where = classify_url(url)
+    root = "http://localhost" + where.path.rstrip("/") if where.socket_path else server_root(url)
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    own = client is None
+    if client is None:
+        transport = httpx.AsyncHTTPTransport(uds=where.socket_path) if where.socket_path else None
+        client = httpx.AsyncClient(transport=transport, timeout=timeout)
+    try:
+        async with client.stream(
+            "GET", root + route, headers=headers, timeout=timeout, follow_redirects=False
+        ) as r:
+            body = bytearray()
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    break
+            status, rheaders = r.status_code, dict(r.headers)
+    finally:
+        if own:
+            await client.aclose()
+    obs = Observation(
+        method="GET",
+        path=route,
+        status=status,
+        headers={k.lower(): v[:512] for k, v in rheaders.items()},
+        body=bytes(body[:MAX_BODY]),
+        truncated=len(body) > MAX_BODY,
+    )
+    reading = read(obs)
+    if reading.loading:
+        return HealthAnswer(ok=False, loading=True, status=status, detail="loading")
+    ok = status == 200 and b'"error"' not in obs.body[:4096]
+    return HealthAnswer(ok=ok, status=status, detail="" if ok else f"HTTP {status}")
+
+
 def health_check(
     info: ServerInfo,
     *,
@@ -69,23 +133,19 @@ def health_check(
     """A health check that GETs the server's documented health route.
 
     Healthy means HTTP 200 and not loading; the key, if any, goes to that
-    server only.
+    server only.  The route is asked of the URL of the endpoint the check
+    is given, so a server found on another port is checked where it is.
     """
     route = info.health_route or "/health"
-    url = server_root(info.url) + route
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
 
-    async def check(_: Endpoint) -> bool:
-        own = client is None
-        c = client if client is not None else httpx.AsyncClient(timeout=timeout)
+    async def check(endpoint: Endpoint) -> bool:
         try:
-            r = await c.get(url, headers=headers, timeout=timeout, follow_redirects=False)
+            answer = await health_status(
+                endpoint.url, route, api_key=api_key, client=client, timeout=timeout
+            )
         except httpx.HTTPError:
             return False
-        finally:
-            if own:
-                await c.aclose()
-        return r.status_code == 200 and b'"error"' not in r.content[:4096]
+        return answer.ok
 
     return check
 

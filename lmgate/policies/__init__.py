@@ -1,15 +1,139 @@
-"""Sans-IO policies: limits, hysteresis, throttling, breakers, retries, context."""
+"""Sans-IO policies: limits, hysteresis, throttling, breakers, retries, context.
 
+Every policy here is a frozen config plus a state machine fed observations
+and an explicit ``now``; none sleeps, reads a clock or does I/O, and nothing
+here imports from the actors or the scheduler.
+"""
+
+from lmgate.policies._adaptive import Adaptive, AdaptiveState
+from lmgate.policies._aimd import AIMD, AIMDState
+from lmgate.policies._breaker import (
+    Breaker,
+    BreakerState,
+    BreakerStateName,
+    BreakerStatistics,
+    Permit,
+    Transition,
+)
+from lmgate.policies._classify import (
+    Classification,
+    Classifier,
+    UserClassifier,
+    classify,
+    compose,
+    endpoint_fault,
+    parse_retry_after,
+)
+from lmgate.policies._gradient2 import Gradient2, Gradient2State
+from lmgate.policies._health import (
+    HealthSchedule,
+    PortSearch,
+    PortSearchStatistics,
+    default_ports,
+    replace_port,
+    url_port,
+)
+from lmgate.policies._hysteresis import Hysteresis, HysteresisState
+from lmgate.policies._lifecycle import (
+    ColdVerdict,
+    Lifecycle,
+    LifecycleState,
+    LifecycleStatistics,
+    ModelChange,
+)
 from lmgate.policies._limit import Fixed, FixedState, LimitPolicy, LimitState, LimitStatistics
+from lmgate.policies._retry import (
+    Retry,
+    RetryDecision,
+    check_fallbacks,
+    choose_larger_window,
+    next_target,
+    plan_fallbacks,
+)
 from lmgate.policies._sample import OUTCOME_CLASSES, OutcomeClass, Sample
+from lmgate.policies._throttle import Throttle, ThrottleState, ThrottleStatistics
+from lmgate.policies._vegas import Vegas, VegasState
+from lmgate.policies.context import (
+    Applied,
+    Chain,
+    Compress,
+    ContextStrategy,
+    ResetWithSummary,
+    SlidingWindow,
+)
+from lmgate.policies.resources import (
+    RECOMMENDATIONS,
+    Recommendation,
+    ResourceGuard,
+    ResourceGuardState,
+    ResourceReadings,
+    ResourceStatistics,
+    Thresholds,
+)
 
 __all__ = [
-    "OUTCOME_CLASSES",
+    "AIMD",
+    "AIMDState",
+    "Adaptive",
+    "AdaptiveState",
+    "Applied",
+    "Breaker",
+    "BreakerState",
+    "BreakerStateName",
+    "BreakerStatistics",
+    "Chain",
+    "Classification",
+    "Classifier",
+    "ColdVerdict",
+    "Compress",
+    "ContextStrategy",
     "Fixed",
     "FixedState",
+    "Gradient2",
+    "Gradient2State",
+    "HealthSchedule",
+    "Hysteresis",
+    "HysteresisState",
+    "Lifecycle",
+    "LifecycleState",
+    "LifecycleStatistics",
     "LimitPolicy",
     "LimitState",
     "LimitStatistics",
+    "ModelChange",
+    "OUTCOME_CLASSES",
     "OutcomeClass",
+    "Permit",
+    "PortSearch",
+    "PortSearchStatistics",
+    "RECOMMENDATIONS",
+    "Recommendation",
+    "ResetWithSummary",
+    "ResourceGuard",
+    "ResourceGuardState",
+    "ResourceReadings",
+    "ResourceStatistics",
+    "Retry",
+    "RetryDecision",
     "Sample",
+    "SlidingWindow",
+    "Thresholds",
+    "Throttle",
+    "ThrottleState",
+    "ThrottleStatistics",
+    "Transition",
+    "UserClassifier",
+    "Vegas",
+    "VegasState",
+    "check_fallbacks",
+    "choose_larger_window",
+    "classify",
+    "compose",
+    "default_ports",
+    "endpoint_fault",
+    "next_target",
+    "parse_retry_after",
+    "plan_fallbacks",
+    "replace_port",
+    "url_port",
 ]

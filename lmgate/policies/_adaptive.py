@@ -3,8 +3,8 @@
 Why not a gradient against the no-load latency, as Gradient2 and Envoy do?
 On a GPU, per-token time rises with batch size long before throughput stops
 rising.  A controller that reads any rise over the idle latency as a queue
-settles where that rise reaches its tolerance: a dozen requests on a server
-whose best fixed concurrency is over a hundred.  What matters is the
+settles where that rise reaches its tolerance, which on a GPU can be a tenth
+of the best fixed concurrency.  What matters is the
 *marginal* cost -- how much latency one more slot adds, relative to the
 throughput it adds -- so this policy measures latency at neighbouring
 limits and keeps a step only when it is worth it.  With latency ratio ``r``
@@ -55,19 +55,26 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Final, NamedTuple, final
+from typing import Final, final
 
 import msgspec
 
 from lmgate._errors import InvalidParameter
 from lmgate.policies._limit import LimitStatistics, check_float, check_int
 from lmgate.policies._sample import Sample
-from lmgate.policies._windows import DROPS, is_positive_finite, median
+from lmgate.policies._windows import (
+    DROPS,
+    Profile,
+    Reading,
+    blend,
+    latency_ratio,
+    profile_of,
+    read_sample,
+)
 
 __all__ = ["Adaptive", "AdaptiveState"]
 
 _NAN: Final = math.nan
-_MIN_CHANNEL: Final = 3  # values a window needs for a channel median to count
 
 
 @final
@@ -116,107 +123,14 @@ class Adaptive(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         check_float("smoothing", self.smoothing, low=0.0, high=1.0)
         check_float("window", self.window, low=0.0, high=3600.0)
         check_int("window_samples", self.window_samples, low=1, high=100_000)
-        check_int("max_window_samples", self.max_window_samples, low=self.window_samples)
-        if self.max_window_samples > 100_000:
-            raise InvalidParameter(
-                "max_window_samples must be <= 100000", field="max_window_samples"
-            )
+        check_int(
+            "max_window_samples", self.max_window_samples, low=self.window_samples, high=100_000
+        )
         check_float("prompt_scale", self.prompt_scale, low=0.0, high=1e9)
         check_int("seed", self.seed, low=0)
 
     def build(self) -> AdaptiveState:
         return AdaptiveState(self)
-
-
-class _Obs(NamedTuple):
-    """One usable latency sample, reduced to what the measurement needs."""
-
-    in_flight: int
-    duration: float
-    ttft: float  # normalised by prompt size; NaN when unknown
-    tpot: float  # per output token after the first; NaN when unknown
-    per_token: float  # duration / output tokens; NaN when unknown
-    prompt_factor: float
-    tokens: int
-
-
-class _Profile(NamedTuple):
-    """A window's medians per channel (NaN: too few values) and its load."""
-
-    ttft: float
-    tpot: float
-    per_token: float
-    duration: float
-    in_flight: float
-
-
-def _observe(sample: Sample, prompt_scale: float) -> _Obs | None:
-    duration = sample.duration
-    if not is_positive_finite(duration):
-        return None
-    tokens = sample.output_tokens if sample.output_tokens is not None else 0
-    prompt = sample.prompt_tokens if sample.prompt_tokens is not None else 0
-    factor = 1.0 + max(0, prompt) / prompt_scale if prompt_scale > 0.0 else 1.0
-    ttft = tpot = per_token = _NAN
-    first = sample.ttft
-    if first is not None and 0.0 <= first <= duration:
-        ttft = first / factor
-        if tokens >= 2 and duration > first:
-            tpot = (duration - first) / (tokens - 1)
-    if tokens >= 1:
-        per_token = duration / tokens
-    return _Obs(max(1, sample.in_flight), duration, ttft, tpot, per_token, factor, tokens)
-
-
-def _channel(values: list[float]) -> float:
-    finite = [v for v in values if v == v]
-    return median(finite) if len(finite) >= _MIN_CHANNEL else _NAN
-
-
-def _profile(obs: list[_Obs]) -> _Profile:
-    return _Profile(
-        _channel([o.ttft for o in obs]),
-        _channel([o.tpot for o in obs]),
-        _channel([o.per_token for o in obs]),
-        median([o.duration for o in obs]),
-        sum(o.in_flight for o in obs) / len(obs),
-    )
-
-
-def _blend(old: _Profile, new: _Profile, weight: float) -> _Profile:
-    def mix(a: float, b: float) -> float:
-        if a != a:
-            return b
-        return a if b != b else a + (b - a) * weight
-
-    return _Profile(
-        mix(old.ttft, new.ttft),
-        mix(old.tpot, new.tpot),
-        mix(old.per_token, new.per_token),
-        mix(old.duration, new.duration),
-        mix(old.in_flight, new.in_flight),
-    )
-
-
-def _predict(o: _Obs, ref: _Profile) -> float:
-    """The duration the reference expects for this request's sizes."""
-    if o.tpot == o.tpot and ref.ttft == ref.ttft and ref.tpot == ref.tpot:
-        return ref.ttft * o.prompt_factor + (o.tokens - 1) * ref.tpot
-    if o.per_token == o.per_token and ref.per_token == ref.per_token:
-        return o.tokens * ref.per_token
-    return ref.duration
-
-
-def _ratio(obs: list[_Obs], ref: _Profile) -> float:
-    """Median of actual over predicted duration; NaN if none is comparable."""
-    ratios = []
-    for o in obs:
-        predicted = _predict(o, ref)
-        if predicted > 0.0:
-            r = o.duration / predicted
-            if 0.0 < r < math.inf:
-                ratios.append(r)
-    return median(ratios) if ratios else _NAN
 
 
 @final
@@ -251,21 +165,21 @@ class AdaptiveState:
         self._rng = random.Random(config.seed)
         self._limit = config.initial_limit
         self._probe_level = 0  # the step being measured; 0 while holding
-        self._pending: tuple[int, list[_Obs], _Profile] | None = None
+        self._pending: tuple[int, list[Reading], Profile] | None = None
         self._direction = 1
         self._step = 1
         self._run = 0  # steps kept in a row in the current direction
         self._startup = True
         self._urgent = False  # the next run follows a shift: no bracketing
-        self._ref: _Profile | None = None  # steady reference, averaged
-        self._before: _Profile | None = None  # the latest window at the held limit
+        self._ref: Profile | None = None  # steady reference, averaged
+        self._before: Profile | None = None  # the latest window at the held limit
         self._ratio = _NAN
         self._now = -math.inf
         self._next_probe = -math.inf
         self._epoch = -math.inf
         self._cut_epoch = -math.inf
         self._window_start = -math.inf
-        self._obs: list[_Obs] = []
+        self._obs: list[Reading] = []
         self._counts = dict.fromkeys(
             ("samples", "drops", "windows", "cuts", "shifts", "probes", "kept", "aborted"), 0
         )
@@ -291,12 +205,11 @@ class AdaptiveState:
         if outcome != "success":
             return self.limit
         self._counts["samples"] += 1
-        obs = _observe(sample, self._config.prompt_scale)
+        obs = read_sample(sample, self._config.prompt_scale)
         if obs is None or sample.start < self._epoch or obs.in_flight > self.limit:
             return self.limit
-        if len(self._obs) < self._config.max_window_samples:
-            self._obs.append(obs)
-        self._maybe_close(now)
+        self._obs.append(obs)
+        self._maybe_close(now)  # closes at max_window_samples at the latest
         return self.limit
 
     def tick(self, now: float) -> int:
@@ -330,7 +243,7 @@ class AdaptiveState:
         if not (enough or len(obs) >= config.max_window_samples):
             return
         self._counts["windows"] += 1
-        profile = _profile(obs)
+        profile = profile_of(obs)
         self._obs = []
         self._window_start = now
         if self._probe_level:
@@ -342,7 +255,7 @@ class AdaptiveState:
 
     # -- decisions -----------------------------------------------------------
 
-    def _steady(self, obs: list[_Obs], profile: _Profile, now: float) -> None:
+    def _steady(self, obs: list[Reading], profile: Profile, now: float) -> None:
         config = self._config
         ref = self._ref
         if ref is None:
@@ -350,12 +263,12 @@ class AdaptiveState:
         elif profile.in_flight < ref.in_flight * (1.0 - config.probe_step):
             return  # the client, not the server, set this window's load
         else:
-            ratio = self._ratio = _ratio(obs, ref)
+            ratio = self._ratio = latency_ratio(obs, ref)
             self._before = profile
             if self._shifted(ratio, now):
                 return
             if ratio == ratio:
-                self._ref = _blend(ref, profile, config.smoothing)
+                self._ref = blend(ref, profile, config.smoothing)
         if now >= self._next_probe:
             self._step = max(1, round(self._limit * config.probe_step))
             self._run = 0
@@ -391,13 +304,13 @@ class AdaptiveState:
         self._probe_level = level
         self._restart(now)
 
-    def _measured(self, obs: list[_Obs], profile: _Profile, now: float) -> None:
+    def _measured(self, obs: list[Reading], profile: Profile, now: float) -> None:
         """A step's window is in: judge it, or first measure the way back."""
         level, before = self._probe_level, self._before
-        if before is None or (self._direction > 0 and profile.in_flight < self._limit):
-            self._abort(now)  # nothing to compare with, or no demand to fill the step
+        if before is None:
+            self._abort(now)
         elif self._startup or self._run or self._urgent:
-            self._decide(level, _ratio(obs, before), profile, now)
+            self._decide(level, latency_ratio(obs, before), before.peak, profile, now)
         else:
             # The first step of a routine run is bracketed by a window at the
             # held limit before and after it, so a drift in latency cancels.
@@ -405,33 +318,41 @@ class AdaptiveState:
             self._probe_level = 0
             self._restart(now)
 
-    def _judge(self, back: list[_Obs], after: _Profile, now: float) -> None:
+    def _judge(self, back: list[Reading], after: Profile, now: float) -> None:
         pending, before = self._pending, self._before
         self._pending = None
-        if pending is None or before is None or self._shifted(_ratio(back, before), now):
+        if pending is None or before is None or self._shifted(latency_ratio(back, before), now):
             return
         level, obs, profile = pending
-        first, second = _ratio(obs, before), _ratio(obs, after)
+        first, second = latency_ratio(obs, before), latency_ratio(obs, after)
+        base = math.sqrt(before.peak * after.peak)
         self._before = after
         if first == first and second == second:
-            self._decide(level, math.sqrt(first * second), profile, now)
+            self._decide(level, math.sqrt(first * second), base, profile, now)
         else:
-            self._decide(level, first if first == first else second, profile, now)
+            self._decide(level, first if first == first else second, base, profile, now)
 
-    def _decide(self, level: int, ratio: float, profile: _Profile, now: float) -> None:
-        if ratio != ratio:
+    def _decide(self, level: int, ratio: float, base: float, profile: Profile, now: float) -> None:
+        """Keep or undo a step, from the latency ratio over the concurrency it reached.
+
+        The concurrency is the one reached (the peak in flight), not the one
+        allowed: a client that cannot fill a step says nothing about the
+        server, and a step it fills only partly is judged on what it did.
+        """
+        up = level > self._limit
+        span = math.log(profile.peak / base)
+        if ratio != ratio or span * (1 if up else -1) < 0.75 * math.log1p(1 / self._limit):
             self._abort(now)
             return
         self._ratio = ratio
-        up = self._direction > 0
-        elasticity = math.log(ratio) / math.log(level / self._limit)
-        if (elasticity < self._config.elasticity) == up:
+        if (math.log(ratio) / span < self._config.elasticity) == up:
             self._counts["kept"] += 1
-            self._limit = level
+            reached = int(profile.peak)
+            self._limit = max(self._limit + 1, min(level, reached)) if up else level
             self._probe_level = 0
             self._ref = self._before = profile
             self._run += 1
-            self._step = min(2 * self._step, max(1, level // 4))
+            self._step = min(2 * self._step, max(1, self._limit // 4))
             self._probe(now)
         elif self._startup and up:
             self._startup = False

@@ -19,7 +19,9 @@ count and whether anything dropped.  Each window then:
 Drops are averaged in like any other latency, as the original does.  The
 long average follows sustained load upwards, so under a modest overload the
 gradient stays at 1 and the additive ``queue_size`` walks the limit to its
-maximum -- the drift lmgate's own policy is built to avoid.
+maximum -- the drift lmgate's own policy is built to avoid.  And with
+requests that take seconds, a one-second window at a small limit seldom
+holds ``window_size`` samples, so the limit may not move at all.
 """
 
 from __future__ import annotations

@@ -7,25 +7,27 @@ is fed, and none of them reads a clock: time, where it matters, is passed in.
 from __future__ import annotations
 
 import math
-from typing import Final, final
+from typing import Final, NamedTuple, final
 
-from lmgate.policies._sample import OutcomeClass
+from lmgate.policies._sample import OutcomeClass, Sample
 
 __all__ = [
     "DROPS",
-    "IGNORED",
     "ExpAverage",
+    "Profile",
+    "Reading",
     "TimeBuckets",
+    "blend",
     "clamp",
     "is_positive_finite",
+    "latency_ratio",
     "median",
+    "profile_of",
+    "read_sample",
 ]
 
 #: Outcomes a limit reads as "the endpoint could not take it": a cut.
 DROPS: Final[frozenset[OutcomeClass]] = frozenset({"overload", "timeout", "error"})
-
-#: Outcomes that say nothing about the endpoint's capacity.
-IGNORED: Final[frozenset[OutcomeClass]] = frozenset({"loading", "client_error", "cancelled"})
 
 
 def clamp(value: float, low: float, high: float) -> float:
@@ -138,3 +140,122 @@ class TimeBuckets:
     def __repr__(self) -> str:
         first, second = self.totals_unexpired()
         return f"<TimeBuckets first={first} second={second}>"
+
+
+# -- a window of language-model latencies ---------------------------------------
+#
+# A request's duration grows with its output (and its prompt) whether or not
+# the server is loaded, so a window is summarised per channel -- time to first
+# token per prompt size, time per later token, time per token, raw duration --
+# and a request is judged against what those medians predict for its sizes.
+
+_NAN: Final = math.nan
+_MIN_CHANNEL: Final = 3  # values a window needs for a channel median to count
+
+
+class Reading(NamedTuple):
+    """One usable latency sample, reduced to what the measurement needs."""
+
+    in_flight: int
+    duration: float
+    ttft: float  # normalised by prompt size; NaN when unknown
+    tpot: float  # per output token after the first; NaN when unknown
+    per_token: float  # duration / output tokens; NaN when unknown
+    prompt_factor: float
+    tokens: int
+
+
+class Profile(NamedTuple):
+    """A window's medians per channel (NaN: too few values) and its load.
+
+    ``in_flight`` is the mean count at grant; ``peak`` the largest, which is
+    the concurrency the window reached (requests granted in a burst see
+    smaller counts than the concurrency they then run at).
+    """
+
+    ttft: float
+    tpot: float
+    per_token: float
+    duration: float
+    in_flight: float
+    peak: float
+
+
+def read_sample(sample: Sample, prompt_scale: float) -> Reading | None:
+    """The channels a successful sample carries; None if its duration is unusable.
+
+    TTFT is divided by ``1 + prompt_tokens / prompt_scale``: prefill costs a
+    fixed part plus a part per prompt token, ``prompt_scale`` tokens' worth
+    being as much as the fixed part.
+    """
+    duration = sample.duration
+    if not is_positive_finite(duration):
+        return None
+    tokens = sample.output_tokens if sample.output_tokens is not None else 0
+    prompt = sample.prompt_tokens if sample.prompt_tokens is not None else 0
+    factor = 1.0 + max(0, prompt) / prompt_scale if prompt_scale > 0.0 else 1.0
+    ttft = tpot = per_token = _NAN
+    first = sample.ttft
+    if first is not None and 0.0 <= first <= duration:
+        ttft = first / factor
+        if tokens >= 2 and duration > first:
+            tpot = (duration - first) / (tokens - 1)
+    if tokens >= 1:
+        per_token = duration / tokens
+    return Reading(max(1, sample.in_flight), duration, ttft, tpot, per_token, factor, tokens)
+
+
+def _channel(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return median(finite) if len(finite) >= _MIN_CHANNEL else _NAN
+
+
+def profile_of(obs: list[Reading]) -> Profile:
+    """Medians, not means: one request stuck behind a long prefill is not load."""
+    return Profile(
+        _channel([o.ttft for o in obs]),
+        _channel([o.tpot for o in obs]),
+        _channel([o.per_token for o in obs]),
+        median([o.duration for o in obs]),
+        sum(o.in_flight for o in obs) / len(obs),
+        max(o.in_flight for o in obs),
+    )
+
+
+def blend(old: Profile, new: Profile, weight: float) -> Profile:
+    """``old`` moved ``weight`` of the way to ``new``, channel by channel."""
+
+    def mix(a: float, b: float) -> float:
+        if a != a:
+            return b
+        return a if b != b else a + (b - a) * weight
+
+    return Profile(
+        mix(old.ttft, new.ttft),
+        mix(old.tpot, new.tpot),
+        mix(old.per_token, new.per_token),
+        mix(old.duration, new.duration),
+        mix(old.in_flight, new.in_flight),
+        new.peak,
+    )
+
+
+def _predict(o: Reading, ref: Profile) -> float:
+    """The duration the reference expects for this request's sizes."""
+    if o.tpot == o.tpot and ref.ttft == ref.ttft and ref.tpot == ref.tpot:
+        return ref.ttft * o.prompt_factor + (o.tokens - 1) * ref.tpot
+    if o.per_token == o.per_token and ref.per_token == ref.per_token:
+        return o.tokens * ref.per_token
+    return ref.duration
+
+
+def latency_ratio(obs: list[Reading], ref: Profile) -> float:
+    """Median of actual over predicted duration; NaN if none is comparable."""
+    ratios = []
+    for o in obs:
+        predicted = _predict(o, ref)
+        if predicted > 0.0:
+            r = o.duration / predicted
+            if 0.0 < r < math.inf:
+                ratios.append(r)
+    return median(ratios) if ratios else _NAN

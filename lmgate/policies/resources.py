@@ -23,7 +23,7 @@ from typing import Final, Literal, final
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float
+from lmgate.policies._limit import check_float, check_int
 
 __all__ = [
     "RECOMMENDATIONS",
@@ -135,10 +135,19 @@ class ResourceGuard(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     min_hold: float = 5.0
     #: Seconds without a reading after which a signal's level is forgotten.
     stale_after: float = 60.0
+    #: From ``reduce_context`` up: the factor applied to the context
+    #: threshold of new requests (smaller prompts, smaller KV cache).
+    context_factor: float = 0.5
+    #: From ``shed_low_priority`` up: requests whose priority number is above
+    #: this are refused and evicted from the queue (0 sheds all background
+    #: work, i.e. every positive priority).
+    shed_priority_above: int = 0
 
     def __post_init__(self) -> None:
         check_float("min_hold", self.min_hold)
         check_float("stale_after", self.stale_after, low_open=True)
+        check_float("context_factor", self.context_factor, low_open=True, high=1.0)
+        check_int("shed_priority_above", self.shed_priority_above, low=-1_000_000, high=1_000_000)
         for signal in _SIGNALS:
             thresholds = getattr(self, signal)
             if not isinstance(thresholds, Thresholds):

@@ -14,18 +14,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import anyio
 import msgspec
 
 from lmgate._endpoint import Endpoint, EndpointRef
-from lmgate._errors import DeadlineExceeded, EndpointUnavailable, Rejected, SchedulerClosed
+from lmgate._errors import (
+    ContextOverflow,
+    DeadlineExceeded,
+    EndpointUnavailable,
+    Rejected,
+    SchedulerClosed,
+)
 from lmgate.policies._sample import OutcomeClass, Sample
+from lmgate.scheduler._context_gate import window_fits
 from lmgate.scheduler._lease import EventLike, Lease, Waiter
 from lmgate.scheduler._messages import EndpointMessage, Routing
 from lmgate.scheduler._outcomes import OUTCOMES, classify_error
 from lmgate.scheduler._queue import RequestQueue
+
+if TYPE_CHECKING:
+    from lmgate.scheduler._hooks import HookedRequest, Watch
 
 __all__ = ["Admission", "EndpointSlot"]
 
@@ -126,6 +136,15 @@ class Admission:
         self.on_finish: Callable[[Lease, str, OutcomeClass, float], None] | None = None
         #: Gives a cross-process slot back (set when a coordinator is used).
         self.on_release: Callable[[Lease], None] | None = None
+        #: The slow path of submit (``_hooks.Watch``), installed only while
+        #: request hooks or resource pressure need to see each submission.
+        self.watch: Watch | None = None
+        #: Resource pressure, set by ``_pressure.Resources``: the factor for
+        #: the context threshold of new requests, the priority number above
+        #: which new requests are shed, and whether granting is paused.
+        self.context_factor = 1.0
+        self.shed_above: int | None = None
+        self.paused = False
 
     # -- caller side ---------------------------------------------------------------
 
@@ -138,14 +157,25 @@ class Admission:
         *,
         exclude: Collection[int] | None = None,
         count: bool = True,
+        min_window: int | None = None,
+        request: HookedRequest | None = None,
+        watched: bool = False,
     ) -> Lease | Waiter:
         """Count a request and grant it now, or queue it, or refuse it.
 
         A retry passes ``count=False`` (the request was counted when first
         submitted) and the endpoints it failed on as ``exclude``: they are
         passed over for an immediate grant, but a retry that has to queue
-        takes whichever endpoint frees up first.
+        takes whichever endpoint frees up first.  ``min_window`` is the
+        smallest context window that can take the request's prompt: only
+        endpoints with such a window (or an unknown one) are given it.
         """
+        if self.watch is not None and not watched:
+            # Hooks or resource pressure: the watch looks first, then calls
+            # back with watched=True (a retry passes its hooks as request).
+            return self.watch.submit(
+                model, priority, deadline, now, exclude, count, request, min_window=min_window
+            )
         if count:
             self.submitted += 1
         if self.closed:
@@ -156,10 +186,10 @@ class Admission:
             self.outcomes["unavailable"] += 1
             raise EndpointUnavailable(f"no endpoint serves model {model!r}")
         if not self.queue.waiting(model):
-            slot = self._pick(slots, now, exclude)
+            slot = self._pick(slots, now, exclude, model, min_window)
             if slot is not None:
                 return self._grant(slot, model, priority, deadline, now, now)
-        if all(s.routing == "down" for s in slots):
+        if all(s.routing == "down" for s in slots if window_fits(s, model, min_window)):
             self.outcomes["unavailable"] += 1
             raise EndpointUnavailable(f"every endpoint serving {model!r} is down")
         if self.queued >= self.queue_size:
@@ -173,11 +203,17 @@ class Admission:
                     f"predicted wait {wait:.3f}s exceeds the {deadline - now:.3f}s left",
                     reason="deadline",
                 )
-        waiter = Waiter(model, priority, deadline, now, self.new_event())
+        waiter = Waiter(model, priority, deadline, now, self.new_event(), min_window)
         self.queue.push(waiter, now + priority * self.aging)
         self.queued += 1
         if self.queued > self.peak_queued:
             self.peak_queued = self.queued
+        if exclude is None:
+            # A slot with room while requests wait: the heads need a larger
+            # window; the most urgent request that fits it goes now.
+            for s in slots:
+                if s.has_room():
+                    self._hand_over(s, now)
         return waiter
 
     def predicted_wait(self, model: str, priority: int) -> float:
@@ -209,6 +245,8 @@ class Admission:
             self.queue.discard(waiter)
             self.queued -= 1
             self.outcomes[outcome] += 1
+            if waiter._request is not None:
+                waiter._request.end(outcome, self.clock())
 
     def finish(
         self,
@@ -244,6 +282,8 @@ class Admission:
             elif isinstance(error, DeadlineExceeded):
                 # A transport releasing an acquire()d lease at its deadline.
                 result = "deadline_exceeded"
+            elif isinstance(error, ContextOverflow):
+                result = "context_overflow"
         if count:
             self.outcomes[result] += 1
         duration = now - lease.granted_at
@@ -267,10 +307,23 @@ class Admission:
                 slot.feedback.send_nowait(sample)
             except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 slot.dropped_samples += 1
+            else:
+                # Anticipate the endpoint actor, which has this sample and will
+                # answer with the routing: until then, grant nothing more here,
+                # or every queued request would meet the same refusal first.
+                pause = retry_after is not None and 0 < retry_after < math.inf
+                if slot.routing == "up" and (
+                    outcome == "loading" or (outcome == "overload" and pause)
+                ):
+                    slot.routing = "held"  # the server asked for a pause
+                elif slot.trials is not None and (outcome == "error" or outcome == "timeout"):
+                    slot.trials = 0  # a half-open trial failed; the actor re-sends trials
         if lease._coordinated and self.on_release is not None:
             self.on_release(lease)
         if self.on_finish is not None:
             self.on_finish(lease, result, outcome, now)
+        if count and lease._request is not None:
+            lease._request.end(result, now, lease=lease, error=error)
         if self.queued and slot.routing == "up":
             self._hand_over(slot, now)
         if self.closed and self.in_flight == 0 and self._drained is not None:
@@ -298,13 +351,14 @@ class Admission:
         """Grant queued requests to endpoints with room; fail the unroutable."""
         if not self.queued:
             return
-        while True:
+        while not self.paused:
             best: tuple[tuple[float, int], Waiter, EndpointSlot] | None = None
             for model in list(self.queue.models_waiting()):
-                slot = self._pick(self.by_model[model], now)
+                head = self.queue.peek(model)
+                need = head[2].min_window if head is not None else None
+                slot = self._pick(self.by_model[model], now, None, model, need)
                 if slot is None:
                     continue
-                head = self.queue.peek(model)
                 if head is not None and (best is None or head[:2] < best[0]):
                     best = (head[:2], head[2], slot)
             if best is None:
@@ -312,6 +366,10 @@ class Admission:
             _, waiter, slot = best
             self.queue.pop(waiter.model)
             self._give(waiter, slot, now)
+        if self.queued:  # requests behind a head too long for a free slot
+            for s in self.slots:
+                if s.has_room():
+                    self._hand_over(s, now)
         for model in list(self.queue.models_waiting()):
             if all(s.routing == "down" for s in self.by_model[model]):
                 while (w := self.queue.pop(model)) is not None:
@@ -342,12 +400,16 @@ class Admission:
         slots: tuple[EndpointSlot, ...],
         now: float,
         exclude: Collection[int] | None = None,
+        model: str = "",
+        need: int | None = None,
     ) -> EndpointSlot | None:
-        """The least loaded endpoint (relative to its limit) with room."""
+        """The least loaded endpoint (relative to its limit) with room (and window)."""
         best: EndpointSlot | None = None
         best_load = 2.0
         for s in slots:
             if s.routing != "up" or (exclude is not None and s.index in exclude):
+                continue
+            if need is not None and not window_fits(s, model, need):
                 continue
             limit = s.effective_limit
             if s.in_flight >= limit:
@@ -385,6 +447,7 @@ class Admission:
         waiter.lease = self._grant(
             slot, waiter.model, waiter.priority, waiter.deadline, now, waiter.enqueued_at
         )
+        waiter.lease._request = waiter._request
         waiter.event.set()
 
     def _refuse(self, waiter: Waiter, error: BaseException, outcome: str) -> None:
@@ -392,13 +455,15 @@ class Admission:
         self.queued -= 1
         self.outcomes[outcome] += 1
         waiter.error = error
+        if waiter._request is not None:
+            waiter._request.end(outcome, self.clock(), error=error)
         waiter.event.set()
 
     def _hand_over(self, slot: EndpointSlot, now: float) -> None:
-        while slot.in_flight < slot.effective_limit:
+        while not self.paused and slot.in_flight < slot.effective_limit:
             if slot.throttle is not None and slot.throttle(now):
                 return
-            waiter = self.queue.best_of(slot.models)
+            waiter = self.queue.best_fitting(slot.models, slot.endpoint.window_for)
             if waiter is None:
                 return
             self._give(waiter, slot, now)

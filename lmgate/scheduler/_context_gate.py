@@ -28,8 +28,8 @@ shortened: ``lease.fitted.window`` is None.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from lmgate.scheduler._lease import Lease
 
 __all__ = ["ContextGate", "ContextRequest", "window_fits"]
+
+T = TypeVar("T")
 
 _MAX_TOKENS = 100_000_000
 #: Leases kept per endpoint until their usage report can calibrate its counter.
@@ -274,6 +276,18 @@ class ContextGate:
         if scope.cancelled_caught:
             lease._admission.finish(lease, None, outcome="cancelled", result="deadline_exceeded")
             raise DeadlineExceeded(f"deadline passed fitting the prompt for {lease.endpoint.name}")
+
+    def wrap(
+        self, call: Callable[[Lease], Awaitable[T]], req: ContextRequest
+    ) -> Callable[[Lease], Awaitable[T]]:
+        """``call`` preceded by fitting: for a retry layer, whose every attempt
+        may land on an endpoint with another window."""
+
+        async def fitted(lease: Lease) -> T:
+            await self.fit(lease, req)
+            return await call(lease)
+
+        return fitted
 
     def _calibrate(self, name: str) -> None:
         """Learn from released leases whose prompt was fitted here and reported."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, final, runtime_checkable
 
 import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
 
 from lmgate._endpoint import Endpoint
 from lmgate._events import Event
@@ -104,7 +105,8 @@ class CoordinatorHandle:
 
     def close(self) -> None:
         """The coordinator is done sending: close its mailbox clone (as actors do)."""
-        self._controller.close()
+        if isinstance(self._controller, MemoryObjectSendStream):
+            self._controller.close()
 
     def __repr__(self) -> str:
         return f"<CoordinatorHandle endpoints={list(self._index)}>"

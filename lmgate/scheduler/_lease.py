@@ -18,7 +18,9 @@ from lmgate._errors import InvalidParameter
 from lmgate.policies._sample import OutcomeClass
 
 if TYPE_CHECKING:
+    from lmgate.policies._strategies import Fitted
     from lmgate.scheduler._admission import Admission, EndpointSlot
+    from lmgate.scheduler._hooks import HookedRequest
 
 __all__ = ["EventLike", "Lease", "ScopeLike", "Waiter"]
 
@@ -64,14 +66,17 @@ class Lease:
         "_output_tokens",
         "_prompt_tokens",
         "_released",
+        "_request",
         "_revoked",
         "_scope",
         "_slot",
         "_ttft",
         "deadline",
         "endpoint",
+        "fitted",
         "granted_at",
         "in_flight_at_grant",
+        "messages",
         "priority",
         "queued_for",
     )
@@ -102,6 +107,12 @@ class Lease:
         self._ttft: float | None = None
         self._prompt_tokens: int | None = None
         self._output_tokens: int | None = None
+        #: The request's hook handles (``_hooks.HookedRequest``), if hooks run.
+        self._request: HookedRequest | None = None
+        #: With ``messages=``: the prompt fitted to this endpoint's window, and
+        #: the same as OpenAI-shaped dicts, ready to send.
+        self.fitted: Fitted | None = None
+        self.messages: list[dict[str, Any]] | None = None
 
     def remaining(self) -> float:
         """Seconds left before the deadline (``inf`` without one)."""
@@ -169,18 +180,26 @@ class Waiter:
     """
 
     __slots__ = (
+        "_request",
         "deadline",
         "enqueued_at",
         "error",
         "event",
         "lease",
+        "min_window",
         "model",
         "priority",
         "queued",
     )
 
     def __init__(
-        self, model: str, priority: int, deadline: float, now: float, event: EventLike
+        self,
+        model: str,
+        priority: int,
+        deadline: float,
+        now: float,
+        event: EventLike,
+        min_window: int | None = None,
     ) -> None:
         self.model = model
         self.priority = priority
@@ -190,6 +209,9 @@ class Waiter:
         self.lease: Lease | None = None
         self.error: BaseException | None = None
         self.queued = True
+        self._request: HookedRequest | None = None
+        #: The smallest context window that can take its prompt (None: any).
+        self.min_window = min_window
 
     def __repr__(self) -> str:
         return f"<Waiter {self.model} priority={self.priority} queued={self.queued}>"

@@ -23,6 +23,9 @@ OUTCOMES = (
     "cancelled",
     "unavailable",
     "closed",
+    # The prompt did not fit the window: refused before it was sent (the
+    # scheduler's own check) or by the server (a transport's ContextOverflow).
+    "context_overflow",
 )
 
 

@@ -13,7 +13,7 @@ size.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
@@ -130,3 +130,51 @@ class RequestQueue:
     def heap_entries(self) -> int:
         """Heap entries including lazily-deleted ones (for memory checks)."""
         return sum(len(h) for h in self._heaps.values())
+
+    def waiters(self, model: str) -> list[Waiter]:
+        """The live waiters for ``model``, in no particular order."""
+        return [e[2] for e in self._heaps.get(model, ()) if e[2].queued]
+
+    def best_fitting(
+        self, models: Iterable[str], window_of: Callable[[str], int | None]
+    ) -> Waiter | None:
+        """Pop the most urgent live waiter across ``models`` whose prompt fits.
+
+        ``window_of(model)`` is the context window of the slot being filled.
+        A head that needs a larger window stays (another endpoint will take
+        it) and the most urgent waiter behind it that fits goes instead, so
+        a small endpoint is not left idle behind a long prompt.  That scan is
+        linear in the model's queue, and only happens when the head does not
+        fit.
+        """
+        best: tuple[float, int, Waiter] | None = None
+        for model in models:
+            if not self._live.get(model):
+                continue
+            head = self._head(model)
+            if head is None:
+                continue
+            need = head[2].min_window
+            if need is not None:
+                window = window_of(model)
+                if window is not None and window < need:
+                    head = min(
+                        (
+                            e
+                            for e in self._heaps[model]
+                            if e[2].queued
+                            and (e[2].min_window is None or e[2].min_window <= window)
+                        ),
+                        default=None,
+                    )
+                    if head is None:
+                        continue
+            if best is None or head[:2] < best[:2]:
+                best = head
+        if best is None:
+            return None
+        waiter = best[2]
+        if self._heaps[waiter.model][0] is best:
+            return self.pop(waiter.model)
+        self.discard(waiter)
+        return waiter

@@ -10,8 +10,9 @@ is left, and returns only when no actor task remains.
 from __future__ import annotations
 
 import math
+import os
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, final
 
@@ -19,21 +20,32 @@ import anyio
 import anyio.abc
 import sniffio
 
+from lmgate._chat import Message
+from lmgate._config_schema import ContextConfig
 from lmgate._endpoint import Endpoint
 from lmgate._errors import DeadlineExceeded, InvalidParameter, LmgateError, SchedulerClosed
 from lmgate._events import EventHub
 from lmgate.actors._endpoint import EndpointActor, resilience_fields
 from lmgate.actors._health import ActorMessage
 from lmgate.actors._resilience import Resilience
+from lmgate.actors._resources import Reader
 from lmgate.policies._limit import Fixed, LimitPolicy, check_float, check_int
 from lmgate.policies._retry import Retry, check_fallbacks
+from lmgate.policies.context import ContextStrategy
+from lmgate.policies.resources import ResourceGuard
 from lmgate.scheduler._admission import Admission, EndpointSlot
+from lmgate.scheduler._context_gate import ContextGate, ContextRequest
 from lmgate.scheduler._controller import AdmissionController
 from lmgate.scheduler._coordinator import Coordinator, CoordinatorHandle, SharesLimits
+from lmgate.scheduler._discovery import Discovery
+from lmgate.scheduler._hooks import RequestHook, Watch
 from lmgate.scheduler._lease import EventLike, Lease, ScopeLike, Waiter
 from lmgate.scheduler._messages import ControllerMessage
+from lmgate.scheduler._pressure import Resources
+from lmgate.scheduler._reconfigure import Reconfigurer, from_config
 from lmgate.scheduler._retrying import Retrying
 from lmgate.scheduler._stats import EndpointStats, Stats
+from lmgate.transports._pool import ClientPool
 
 __all__ = ["Scheduler"]
 
@@ -63,6 +75,13 @@ class Scheduler:
         retry: Retry | None = None,
         fallbacks: Mapping[str, Sequence[str]] | None = None,
         resilience: Resilience | None = None,
+        hooks: Sequence[RequestHook] = (),
+        resources: ResourceGuard | None = None,
+        resource_interval: float = 5.0,
+        resource_dirs: Sequence[str | os.PathLike[str]] = (),
+        resource_reader: Reader | None = None,
+        state_dirs: Sequence[str | os.PathLike[str]] = (),
+        context: ContextStrategy | ContextConfig | None = None,
     ) -> None:
         if isinstance(endpoints, Endpoint) or not isinstance(endpoints, Sequence):
             raise InvalidParameter("endpoints must be a list of Endpoint", field="endpoints")
@@ -108,6 +127,27 @@ class Scheduler:
         self._entered = False
         self._new_scope: Callable[..., ScopeLike] = anyio.CancelScope
         self._resilience, self._retrying = self._resilience_of(retry, fallbacks, resilience)
+        # Request hooks (metrics, traces), and the machine around the scheduler:
+        # resource pressure, exposed local servers, leftover temp files.
+        self._watch = Watch(self._admission, hooks)
+        self._resources = Resources(
+            self._admission,
+            self._watch,
+            self.events,
+            self._endpoints,
+            guard=resources,
+            interval=resource_interval,
+            dirs=resource_dirs,
+            read=resource_reader,
+            state_dirs=state_dirs,
+        )
+        # Prompts (``messages=``) fitted to the granted endpoint's window;
+        # a strategy here replaces the per-locality default for every endpoint.
+        self._context = ContextGate(context, self.events)
+        self._reconf = Reconfigurer(self)
+        # Endpoint(probe=True) learning at start, and the HTTP clients lmgate opens.
+        self._discovery = Discovery(self.events)
+        self._clients: ClientPool | None = None
 
     def _resilience_of(
         self,
@@ -131,6 +171,28 @@ class Scheduler:
         rng = random.Random(self._rng.random())
         return resilience, Retrying(self, retry or Retry(), chains, rng)
 
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        coordinator: Coordinator | None = None,
+        **overrides: Any,
+    ) -> Scheduler:
+        """A scheduler from ``lmgate.toml``, ``LMGATE_*`` env vars and ``overrides``.
+
+        ``path`` defaults to ``$LMGATE_CONFIG``, else ``./lmgate.toml`` if it
+        exists.  ``overrides`` are config keys with ``__`` (or ``.``) between
+        levels, such as ``queue__size=64``; they win over env, which wins
+        over the file.  With a file, the running scheduler re-checks file and
+        env every ``watch.interval`` seconds and applies a valid change
+        whole or refuses it whole (``ConfigApplied`` / ``ConfigRefused``
+        events).
+        """
+        extra = {"coordinator": coordinator} if coordinator is not None else {}
+        return from_config(cls, path, env, overrides, extra)
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def __aenter__(self) -> Scheduler:
@@ -138,6 +200,7 @@ class Scheduler:
             raise SchedulerClosed("a Scheduler can be entered once")
         self._entered = True
         self._admission.clock, self._admission.new_event, self._new_scope = _backend_primitives()
+        await self._discovery.start(self)  # before anything routes
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -161,10 +224,12 @@ class Scheduler:
                     rng=random.Random(self._rng.random()),
                 )
                 self._actors.append(actor)
-                await tg.start(actor.run)
+                await self._reconf.start_actor(tg, actor)
             if self._coordinator is not None:
                 self._admission.on_release = self._coordinator.release
                 await tg.start(self._coordinator.run, CoordinatorHandle(self, csend.clone()))
+            await self._reconf.start(tg, csend)
+            await self._resources.start(tg)
             csend.close()
         except BaseException as exc:
             tg.cancel_scope.cancel()
@@ -180,6 +245,9 @@ class Scheduler:
         tb: TracebackType | None,
     ) -> bool | None:
         await self._shutdown()
+        if self._clients is not None:
+            with anyio.CancelScope(shield=True):
+                await self._clients.aclose()
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         # The body's exception is the caller's own: handing it to the task
@@ -224,6 +292,8 @@ class Scheduler:
         priority: int = 0,
         timeout: float | None = None,
         idempotent: bool = False,
+        messages: Iterable[Message | Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
     ) -> T:
         """Run ``await call(lease)`` on an endpoint serving ``model``.
 
@@ -232,15 +302,33 @@ class Scheduler:
         call together.  With a retry policy or fallbacks, a failed call is
         tried again within that deadline when ``idempotent`` is true or it
         failed before anything was sent.
+
+        With ``messages`` (the prompt, OpenAI-shaped dicts or lmgate's
+        messages) the request goes only to an endpoint whose context window
+        can take the prompt plus ``max_tokens``; the call finds the prompt
+        fitted to that window in ``lease.messages`` (and ``lease.fitted``).
+        A prompt that no window can take raises ContextOverflow, and
+        nothing is sent.
         """
         if not callable(call):
             raise InvalidParameter("call must be an async callable taking the lease", field="call")
         if self._retrying is not None:
             if type(idempotent) is not bool:
                 raise InvalidParameter("idempotent must be a bool", field="idempotent")
+            if messages is not None:  # each attempt fits the prompt to its own endpoint
+                adm = self._admission
+                prompt = self._context.prepare(adm, "", messages, max_tokens, route=False)
+                call = self._context.wrap(call, prompt)
             return await self._retrying.run(call, model, priority, timeout, idempotent)
+        req: ContextRequest | None = None
         if self._coordinator is not None:
-            lease = await self.acquire(model=model, priority=priority, timeout=timeout)
+            lease = await self.acquire(
+                model=model,
+                priority=priority,
+                timeout=timeout,
+                messages=messages,
+                max_tokens=max_tokens,
+            )
             waiter = None
         else:
             # One cancel scope covers the wait and the call: it is the
@@ -249,7 +337,10 @@ class Scheduler:
             if type(model) is not str:
                 model = str.__str__(model)
             adm = self._admission
-            got = adm.submit(model, priority, deadline, adm.clock())
+            if messages is not None:
+                req = self._context.prepare(adm, model, messages, max_tokens)
+            need = None if req is None else req.need
+            got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
             if type(got) is Lease:
                 lease, waiter = got, None
             else:
@@ -263,6 +354,8 @@ class Scheduler:
                         raise waiter.error
                     lease = waiter.lease  # type: ignore[assignment]
                 lease._scope = scope
+                if req is not None:
+                    await self._context.fit(lease, req)
                 result = await call(lease)
         except BaseException as exc:
             if waiter is not None and (lease is None or lease._scope is None):
@@ -281,17 +374,30 @@ class Scheduler:
         return result
 
     def lease(
-        self, *, model: str, priority: int = 0, timeout: float | None = None
+        self,
+        *,
+        model: str,
+        priority: int = 0,
+        timeout: float | None = None,
+        messages: Iterable[Message | Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
     ) -> _LeaseContext:
         """``async with sched.lease(model=...) as lease:`` -- hold a slot for a block.
 
         The block runs under the request's deadline; leaving it, by any
-        path, releases the slot.
+        path, releases the slot.  ``messages`` and ``max_tokens`` as in
+        :meth:`run`: the fitted prompt is ``lease.messages``.
         """
-        return _LeaseContext(self, model, priority, timeout)
+        return _LeaseContext(self, model, priority, timeout, messages, max_tokens)
 
     async def acquire(
-        self, *, model: str, priority: int = 0, timeout: float | None = None
+        self,
+        *,
+        model: str,
+        priority: int = 0,
+        timeout: float | None = None,
+        messages: Iterable[Message | Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
     ) -> Lease:
         """Wait for a lease that the caller must ``release()`` itself.
 
@@ -303,10 +409,14 @@ class Scheduler:
         if type(model) is not str:
             model = str.__str__(model)
         adm = self._admission
-        got = adm.submit(model, priority, deadline, adm.clock())
+        req = None if messages is None else self._context.prepare(adm, model, messages, max_tokens)
+        need = None if req is None else req.need
+        got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
         lease = got if type(got) is Lease else await self._wait(got)  # type: ignore[arg-type]
         if self._coordinator is not None:
             await self._coordinate(lease)
+        if req is not None:
+            await self._context.fit_held(lease, req)
         return lease
 
     async def _coordinate(self, lease: Lease) -> None:
@@ -394,11 +504,29 @@ class Scheduler:
     def endpoints(self) -> tuple[Endpoint, ...]:
         return self._endpoints
 
+    @property
+    def clients(self) -> ClientPool:
+        """One bounded HTTP client per endpoint, made on first use, closed with the scheduler."""
+        if self._clients is None:
+            self._clients = ClientPool(self._endpoints)
+        return self._clients
+
+    def add_hook(self, hook: RequestHook) -> None:
+        """Call ``hook`` for every request submitted from now on.
+
+        A hook sees each request's start, grant and outcome exactly once
+        (``RequestHook``): ``lmgate.prometheus.LmgateCollector`` fills latency
+        histograms with it, ``lmgate.otel.OtelHook`` emits spans.
+        """
+        self._watch.add(hook)
+
     def stats(self) -> Stats:
         """A consistent snapshot of queue, in-flight, limits, states and outcomes."""
         adm = self._admission
         eps = []
         for slot, state in zip(adm.slots, self._limit_states, strict=True):
+            if self._reconf.hidden(slot):  # removed from the config, and drained
+                continue
             actor = self._actors[slot.index] if slot.index < len(self._actors) else None
             a = actor.statistics() if actor is not None else None
             eps.append(
@@ -419,6 +547,7 @@ class Scheduler:
                     by_class=a.by_class if a else {},
                     dropped_samples=slot.dropped_samples,
                     policy=state.statistics(),
+                    discovery=self._discovery.statistics_for(slot.endpoint.name),
                     **(resilience_fields(a) if a else {}),
                 )
             )
@@ -434,6 +563,8 @@ class Scheduler:
             events=self.events.statistics(),
             retries=self._retrying.retries if self._retrying else 0,
             fallbacks=self._retrying.fallbacks if self._retrying else 0,
+            resources=self._resources.statistics(),
+            context=self._context.statistics(),
         )
 
     def __repr__(self) -> str:
@@ -474,20 +605,34 @@ def _default_limit() -> LimitPolicy:
 class _LeaseContext:
     """What ``Scheduler.lease()`` returns: the async context holding a lease."""
 
-    __slots__ = ("_lease", "_model", "_priority", "_sched", "_timeout")
+    __slots__ = ("_lease", "_max_tokens", "_messages", "_model", "_priority", "_sched", "_timeout")
 
-    def __init__(self, sched: Scheduler, model: str, priority: int, timeout: float | None):
+    def __init__(
+        self,
+        sched: Scheduler,
+        model: str,
+        priority: int,
+        timeout: float | None,
+        messages: Iterable[Message | Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
+    ):
         self._sched = sched
         self._model = model
         self._priority = priority
         self._timeout = timeout
+        self._messages = messages
+        self._max_tokens = max_tokens
         self._lease: Lease | None = None
 
     async def __aenter__(self) -> Lease:
         if self._lease is not None:
             raise InvalidParameter("this lease context is already in use", field="lease")
         lease = await self._sched.acquire(
-            model=self._model, priority=self._priority, timeout=self._timeout
+            model=self._model,
+            priority=self._priority,
+            timeout=self._timeout,
+            messages=self._messages,
+            max_tokens=self._max_tokens,
         )
         scope = self._sched._new_scope(deadline=lease.deadline)
         lease._scope = scope

@@ -7,7 +7,10 @@ from typing import final
 import msgspec
 
 from lmgate._events import EventHubStatistics
+from lmgate.policies._context_report import ContextStatistics
 from lmgate.policies._limit import LimitStatistics
+from lmgate.scheduler._discovery_watch import DiscoveryStatistics
+from lmgate.scheduler._pressure import ResourcesStatistics
 
 __all__ = ["EndpointStats", "Stats"]
 
@@ -53,6 +56,8 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     identities: dict[str, str] = {}
     model_changes: int = 0
     cold_requests: int = 0
+    #: What probing the server taught (``Endpoint(probe=True)`` only).
+    discovery: DiscoveryStatistics | None = None
 
 
 @final
@@ -76,3 +81,11 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 0
     #: Attempts moved to another model (fallback chain or larger window).
     fallbacks: int = 0
+    #: Prompts fitted to their endpoint's window (requests with ``messages=``):
+    #: strategies applied, what they cut, and the overflows.  A prompt no
+    #: window could take ends its request in ``outcomes["context_overflow"]``.
+    context: ContextStatistics | None = None
+    #: Resource pressure and what admission does about it (shedding,
+    #: pausing, a smaller context threshold); the listeners behind loopback
+    #: endpoints; the start-up cleanup of leftover temp files.
+    resources: ResourcesStatistics | None = None

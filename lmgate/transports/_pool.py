@@ -71,10 +71,15 @@ class ClientPool:
 
     ``transport`` builds the transport for an endpoint (tests pass a mock);
     by default it is ``httpx.AsyncHTTPTransport`` with the endpoint's pool
-    bound, over its Unix socket when the URL names one.
+    bound, over its Unix socket when the URL names one.  :meth:`transport`
+    hands out the same connection pool for code that sends its own
+    requests (``SchedulingTransport`` does), so an endpoint has one pool
+    whichever way it is spoken to.  An endpoint given as an ``Endpoint``
+    that the pool does not know yet (one added to a running scheduler) is
+    taken in.
     """
 
-    __slots__ = ("_clients", "_closed", "_endpoints", "_transport")
+    __slots__ = ("_clients", "_closed", "_endpoints", "_transport", "_transports")
 
     def __init__(
         self,
@@ -87,6 +92,7 @@ class ClientPool:
             raise InvalidParameter("duplicate endpoint names", field="endpoints")
         self._transport = transport
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._transports: dict[str, httpx.AsyncBaseTransport] = {}
         self._closed = False
 
     def client(self, endpoint: str | Endpoint | EndpointRef) -> httpx.AsyncClient:
@@ -98,10 +104,17 @@ class ClientPool:
         if c is not None:
             return c
         ep = self._endpoints.get(name)
+        if ep is None and isinstance(endpoint, Endpoint):
+            ep = self._endpoints[name] = endpoint
         if ep is None:
             raise InvalidParameter(f"unknown endpoint {name!r}", field="endpoint")
         self._clients[name] = c = self._build(ep)
         return c
+
+    def transport(self, endpoint: str | Endpoint | EndpointRef) -> httpx.AsyncBaseTransport:
+        """The connection pool under ``endpoint``'s client (closed with the pool)."""
+        self.client(endpoint)
+        return self._transports[endpoint if isinstance(endpoint, str) else endpoint.name]
 
     def _build(self, ep: Endpoint) -> httpx.AsyncClient:
         limits = httpx.Limits(
@@ -115,6 +128,7 @@ class ClientPool:
             if self._transport is not None
             else pooled_transport(ep.max_connections, uds=where.socket_path)
         )
+        self._transports[ep.name] = transport
         timeout = httpx.Timeout(
             connect=ep.connect_timeout,
             read=ep.read_timeout,
@@ -139,6 +153,7 @@ class ClientPool:
     async def aclose(self) -> None:
         self._closed = True
         clients, self._clients = list(self._clients.values()), {}
+        self._transports = {}
         for c in clients:
             await c.aclose()
 

@@ -3,7 +3,8 @@
 Helpers of :class:`~lmgate.transports.SchedulingTransport`: the model,
 priority and timeout a request asks for, the prompt size it carries (to
 calibrate token estimates), the per-endpoint timeouts merged with the
-caller's, and the HTTP answer a refusal becomes when asked for one.
+caller's, the prompt it carries for routing by context window, and the
+HTTP answer a refusal becomes when asked for one.
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ import anyio
 import httpx
 import msgspec
 
+from lmgate._chat import Message, to_messages
 from lmgate._endpoint import Endpoint
-from lmgate._errors import DeadlineExceeded, InvalidParameter, LmgateError, Rejected
+from lmgate._errors import (
+    ContextOverflow,
+    DeadlineExceeded,
+    InvalidParameter,
+    LmgateError,
+    Rejected,
+)
 
 __all__ = [
+    "chat_prompt",
     "json_object",
     "params",
     "prompt_chars",
@@ -95,6 +104,38 @@ def prompt_chars(payload: Mapping[str, Any] | None) -> int | None:
     return total or None
 
 
+def chat_prompt(
+    request: httpx.Request, payload: Mapping[str, Any] | None
+) -> tuple[tuple[Message, ...], int | None] | None:
+    """The chat messages and output budget of a chat request, for the context gate.
+
+    Only OpenAI-style ``/chat/completions`` and Ollama's ``/api/chat``
+    bodies are read; the budget is ``max_completion_tokens`` or
+    ``max_tokens`` (``options.num_predict`` for Ollama), None when unsaid.
+    A message list lmgate cannot read goes through untouched (None): the
+    server is the judge of its own API.
+    """
+    if payload is None:
+        return None
+    path = request.url.path.rstrip("/")
+    if not path.endswith(("/chat/completions", "/api/chat")):
+        return None
+    raw = payload.get("messages")
+    if not isinstance(raw, list) or not raw:
+        return None
+    try:
+        messages = to_messages(raw)
+    except InvalidParameter:
+        return None
+    budget = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    options = payload.get("options")
+    if budget is None and isinstance(options, dict):
+        budget = options.get("num_predict")
+    if type(budget) is not int or not 0 <= budget <= 100_000_000:
+        budget = None
+    return messages, budget
+
+
 def timeouts(request: httpx.Request, ep: Endpoint | None, lease: _HasDeadline) -> dict[str, float]:
     mine = {"connect": 5.0, "read": 600.0, "write": 600.0, "pool": 5.0}
     if ep is not None:
@@ -127,6 +168,17 @@ async def read_bounded(response: httpx.Response) -> bytes:
 
 
 def refusal(exc: LmgateError) -> httpx.Response:
+    if isinstance(exc, ContextOverflow):
+        # What the servers themselves say, so SDKs raise their usual error.
+        body = {
+            "error": {
+                "message": str(exc),
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        }
+        return httpx.Response(400, json=body, headers={"x-lmgate-error": "lmgate_context_overflow"})
     if isinstance(exc, Rejected):
         status, kind, headers = 429, "lmgate_rejected", {"retry-after": "1"}
     elif isinstance(exc, DeadlineExceeded):

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -135,6 +136,12 @@ def test_trio_is_refused_with_a_clear_error() -> None:
         anyio.run(main, backend="trio")
     assert info.value.field == "coordinator"
     assert handle.closed
+
+    async def build() -> None:
+        lmgate.Scheduler(endpoints(), coordinator=Redis("redis://127.0.0.1:9/0"))
+
+    with pytest.raises(lmgate.InvalidParameter, match="trio"):
+        anyio.run(build, backend="trio")
 
 
 async def test_priority_is_respected_across_schedulers(redis_url: str, r: aioredis.Redis) -> None:
@@ -288,7 +295,7 @@ async def test_redis_outage_falls_back_and_rejoins(
 async def _holders_match(r: aioredis.Redis, pair: list[tuple[lmgate.Scheduler, Redis]]) -> bool:
     """Redis counts exactly the leases that run (checked between syncs)."""
     held = {m.decode() for m in await r.zrange(HOLDERS, 0, -1)}
-    mine = set().union(*(set(c._eps["gpu"].book.held) for _, c in pair))
+    mine = set().union(*(set(c.eps["gpu"].book.held) for _, c in pair))
     return held == mine
 
 
@@ -326,7 +333,7 @@ async def test_one_leader_computes_the_shared_limit_and_fails_over(redis_url: st
     async def leader(task_status: anyio.abc.TaskStatus[lmgate.Scheduler]) -> None:
         async with lmgate.Scheduler(endpoints(), limit=Growing(), coordinator=ca) as a:
             with a.events.subscribe() as sub:
-                await until(lambda: ca._eps["gpu"].leading)
+                await until(lambda: ca.eps["gpu"].leading)
                 task_status.started(a)
                 await leave.wait()
                 seen_a.extend(_drain(sub))
@@ -336,14 +343,14 @@ async def test_one_leader_computes_the_shared_limit_and_fails_over(redis_url: st
         async with lmgate.Scheduler(endpoints(), limit=Growing(), coordinator=cb) as b:
             sub_b = b.events.subscribe()
             await until(lambda: cb.link.mode == "connected")
-            assert not cb._eps["gpu"].leading
+            assert not cb.eps["gpu"].leading
             for _ in range(25):  # only the follower runs calls
                 await b.run(_noop, model="m")
             await until(lambda: b.stats().endpoints[0].limit == 6)
             assert a.stats().endpoints[0].limit == 6
             assert cb.statistics().endpoints[0].samples_shipped >= 20
             leave.set()  # the leader's process goes away
-            await until(lambda: cb._eps["gpu"].leading, within=5.0)
+            await until(lambda: cb.eps["gpu"].leading, within=5.0)
             assert any(isinstance(e, LeadershipChanged) and e.leader for e in _drain(sub_b))
     assert any(isinstance(e, SharedLimitPublished) and e.new == 6 for e in seen_a)
     assert any(isinstance(e, LeadershipChanged) and e.leader for e in seen_a)
@@ -386,3 +393,63 @@ async def test_starting_without_redis_serves_from_one_slot() -> None:
         assert st.endpoints[0].local_grants == 1
         assert st.endpoints[0].share == 1
         assert "fallback" in repr(c)
+
+
+async def test_a_slow_redis_counts_as_down_until_it_answers_again(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """Commands slower than op_timeout send processes to their shares; they rejoin after."""
+    async with schedulers(redis_url, 2, limit=Fixed(4)) as pair:
+        subs = [s.events.subscribe() for s, _ in pair]
+        # Every client's commands wait 1.5 s: Redis is up but too slow.
+        await anyio.to_thread.run_sync(redis_server.command, "CLIENT", "PAUSE", "1500")
+        await until(lambda: all(c.link.mode == "fallback" for _, c in pair))
+        results = []
+        async with anyio.create_task_group() as tg:
+            for s, _ in pair:
+
+                async def one(s: lmgate.Scheduler = s) -> None:
+                    results.append(await s.run(_noop, model="m", timeout=1.0))
+
+                tg.start_soon(one)
+        assert results == ["ok", "ok"]  # served from the shares while Redis stalls
+        await until(lambda: all(c.link.mode == "connected" for _, c in pair))
+        for sub in subs:
+            lost = [e for e in _drain(sub) if isinstance(e, CoordinationLost)]
+            assert lost
+            assert "Timeout" in lost[0].reason
+
+
+async def test_each_endpoint_has_its_own_shared_limit(redis_url: str) -> None:
+    """Two endpoints (one with an awkward name) keep separate shared limits."""
+    names = ["gpu-a", "gpu {b}:x"]
+    eps = [lmgate.Endpoint(n, url="http://127.0.0.1:9", models=["m"]) for n in names]
+    cur = dict.fromkeys(names, 0)
+    peak = dict.fromkeys(names, 0)
+
+    async def call(lease: lmgate.Lease) -> None:
+        n = lease.endpoint.name
+        cur[n] += 1
+        peak[n] = max(peak[n], cur[n])
+        await anyio.sleep(0.005)
+        cur[n] -= 1
+
+    async with AsyncExitStack() as stack:
+        scheds = []
+        for _ in range(2):
+            c = coordinator(redis_url)
+            scheds.append(
+                await stack.enter_async_context(
+                    lmgate.Scheduler(eps, limit=Fixed(2), coordinator=c)
+                )
+            )
+        async with anyio.create_task_group() as tg:
+            for s in scheds:
+                for _ in range(6):
+
+                    async def worker(s: lmgate.Scheduler = s) -> None:
+                        for _ in range(8):
+                            await s.run(call, model="m")
+
+                    tg.start_soon(worker)
+    assert peak == dict.fromkeys(names, 2)

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 )
 
 from lmgate.coordination._book import Book, Want
+from lmgate.coordination._calls import control_call, rejoin_call, sync_call
 from lmgate.coordination._scripts import (
     CONTROL,
     FAREWELL,
@@ -32,10 +33,7 @@ from lmgate.coordination._scripts import (
     REJOIN,
     SYNC,
     Keys,
-    control_call,
     notify_channel,
-    rejoin_call,
-    sync_call,
 )
 
 from ._server import RedisServer

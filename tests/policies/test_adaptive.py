@@ -181,6 +181,14 @@ def test_starting_high_comes_down_to_the_knee() -> None:
     assert 14.0 <= mean <= 20.0
 
 
+@pytest.mark.parametrize("wanted", [16, 20])
+def test_a_client_that_never_fills_the_limit_cannot_raise_it(wanted: int) -> None:
+    """A client that wants 16 or 20 in flight: the limit ends at what it wants, not beyond."""
+    run = serve(Adaptive(initial_limit=16), knee=1000, seconds=300.0, quiet=(0.0, 300.0, wanted))
+    assert run.trace[-1][1] == wanted
+    assert dict(run.detail)["aborted"] >= 3
+
+
 def test_a_quiet_client_is_not_read_as_a_faster_server() -> None:
     """Windows while the client wants few requests neither move nor re-reference the limit."""
     run = serve(Adaptive(), sublinear=(0.0033, 0.00005), seconds=200.0, quiet=(150.0, 200.0, 20))
@@ -208,9 +216,18 @@ def test_same_seed_same_run_other_seed_other_probes() -> None:
 
 
 def drive(
-    config: Adaptive, law: Callable[[int, float], float], steps: int, seed: int = 0
+    config: Adaptive,
+    law: Callable[[int, float], float],
+    steps: int,
+    seed: int = 0,
+    prompts: Callable[[random.Random, float], int] | None = None,
+    outputs: tuple[int, int] = (1, 500),
 ) -> tuple[AdaptiveState, list[int]]:
-    """Feed samples slowed by ``law(limit, now)``; the held limits seen after each."""
+    """Feed samples slowed by ``law(limit, now)``; the held limits seen after each.
+
+    Prefill costs 50 ms plus 50 ms per 1024 prompt tokens (the default
+    ``prompt_scale``), each further token 20 ms, both times the law.
+    """
     rng = random.Random(seed)
     state = config.build()
     held = []
@@ -218,14 +235,16 @@ def drive(
         now = i * 0.05
         limit = state.tick(now)
         slow = law(limit, now)
-        tokens = rng.randint(1, 500)
-        ttft = 0.05 * slow
+        prompt = prompts(rng, now) if prompts is not None else None
+        tokens = rng.randint(*outputs)
+        ttft = 0.05 * (1 + (prompt or 0) / 1024) * slow
         sample = Sample(
             start=now,
             duration=ttft + (tokens - 1) * 0.02 * slow,
             in_flight=limit,
             outcome="success",
             ttft=ttft,
+            prompt_tokens=prompt,
             output_tokens=tokens,
         )
         state.update(sample, now)
@@ -280,6 +299,42 @@ def test_drift_in_latency_is_not_read_as_a_knee(amplitude: float, period: float)
     assert all(b >= a for a, b in itertools.pairwise(held))
     assert held[-1] == 60
     assert state.statistics().detail["probes"] >= 20
+
+
+def test_prompt_and_output_sizes_are_not_read_as_load() -> None:
+    """Prompts of 10 to 8000 tokens and short outputs: predictions per request keep it flat."""
+    _, held = drive(
+        Adaptive(initial_limit=8, max_limit=60, settle=0.0, probe_interval=2.0),
+        lambda c, t: 1.0,
+        3000,
+        prompts=lambda rng, t: rng.randint(10, 8000),
+        outputs=(2, 60),
+    )
+    assert all(b >= a for a, b in itertools.pairwise(held))
+    assert held[-1] == 60
+
+
+def test_a_change_in_prompt_mix_is_not_a_shift() -> None:
+    """Phases of short and very long prompts: TTFT is judged per prompt size."""
+
+    def prompts(rng: random.Random, t: float) -> int:
+        return rng.randint(50, 200) if int(t // 20) % 2 == 0 else rng.randint(4000, 8000)
+
+    config = Adaptive(initial_limit=8, max_limit=60, settle=0.0, probe_interval=2.0)
+    state, held = drive(config, lambda c, t: 1.0, 3000, prompts=prompts, outputs=(2, 10))
+    assert all(b >= a for a, b in itertools.pairwise(held))
+    assert state.statistics().detail["shifts"] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(min_value=20.0, max_value=35.0))
+def test_a_slowdown_during_a_probe_is_not_read_as_a_knee(at: float) -> None:
+    """The server halves its speed at any moment, even mid-probe: the limit never falls."""
+    config = Adaptive(
+        initial_limit=8, max_limit=60, settle=0.0, probe_interval=2.0, probe_jitter=0.0
+    )
+    _, held = drive(config, lambda c, t: 1.0 if t < at else 2.0, 1200)
+    assert all(b >= a for a, b in itertools.pairwise(held))
 
 
 # -- rules -----------------------------------------------------------------------
@@ -338,6 +393,14 @@ def test_outcomes_that_say_nothing_are_not_samples(outcome: OutcomeClass) -> Non
     for i in range(50):
         state.update(Sample(start=3.0, duration=0.001 * i, in_flight=1, outcome=outcome), 3.0 + i)
     assert state.statistics() == before
+
+
+def test_a_window_holds_at_most_max_window_samples() -> None:
+    """Memory is bounded: a long window closes once it holds max_window_samples."""
+    state = Adaptive(window=3600.0, window_samples=10, max_window_samples=50, settle=0.0).build()
+    for i in range(1000):
+        state.update(success(i * 0.01, in_flight=state.limit), i * 0.01)
+    assert state.statistics().detail["windows"] == 20
 
 
 def test_statistics_and_repr() -> None:

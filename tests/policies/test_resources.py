@@ -279,6 +279,10 @@ def test_statistics_are_a_frozen_json_ready_snapshot() -> None:
         ({"swap": Thresholds(pause_admission=(-1.0, -2.0))}, "swap.pause_admission"),
         ({"min_hold": -1.0}, "min_hold"),
         ({"stale_after": 0.0}, "stale_after"),
+        ({"context_factor": 0.0}, "context_factor"),
+        ({"context_factor": 1.5}, "context_factor"),
+        ({"shed_priority_above": 0.5}, "shed_priority_above"),
+        ({"shed_priority_above": True}, "shed_priority_above"),
         ({"memory": {"reduce_context": (0.1, 0.2)}}, "memory"),
     ],
 )

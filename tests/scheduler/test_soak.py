@@ -90,6 +90,7 @@ class Figures:
     late: list[float] = field(default_factory=list)
     memory: dict[int, int] = field(default_factory=dict)
     heap_entries: dict[int, int] = field(default_factory=dict)
+    all_issued: trio.Event = field(default_factory=trio.Event)
 
 
 def _servers() -> dict[str, SimServer]:
@@ -159,7 +160,10 @@ async def _client(
         figures.issued += 1
         if figures.issued in (EARLY, TOTAL):
             snapshot(figures.issued)
-        model = "llama" if rng.random() < 0.7 else "qwen"
+        if figures.issued == TOTAL:
+            figures.all_issued.set()
+        pick = rng.random()
+        model = "llama" if pick < 0.65 else ("qwen" if pick < 0.9 else "phi")
         timeout = None if rng.random() < 0.2 else rng.uniform(2.0, 30.0)
         priority = rng.choice([0, 0, 1, 2, 3])
         fault = rng.random()
@@ -175,6 +179,7 @@ async def _client(
 
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         outcome = "cancelled"
+        revoked = False  # an acquire()d lease the closing scheduler took back
         with trio.move_on_after(give_up):
             try:
                 if api < 0.8:
@@ -183,16 +188,20 @@ async def _client(
                     async with sched.lease(model=model, priority=priority, timeout=timeout) as le:
                         await call(le)
                 else:
+                    # A transport's way: acquire, enforce the deadline, release.
                     lease = await sched.acquire(model=model, priority=priority, timeout=timeout)
                     try:
                         with trio.fail_at(lease.deadline):
                             await call(lease)
                     except trio.TooSlowError:
+                        revoked = lease.released
                         lease.release(DeadlineExceeded("deadline passed in the call"))
                         raise DeadlineExceeded("deadline passed in the call") from None
                     except BaseException as exc:
+                        revoked = lease.released
                         lease.release(exc)
                         raise
+                    revoked = lease.released
                     lease.release()
                 outcome = "completed"
             except DeadlineExceeded:  # before OSError: it is a TimeoutError
@@ -206,11 +215,11 @@ async def _client(
                 outcome = "unavailable"
             except SchedulerClosed:
                 outcome = "closed"
-        figures.seen[outcome] += 1
+        figures.seen["closed" if revoked else outcome] += 1
         late = trio.current_time() - deadline
         if late > SLACK:
             figures.late.append(late)
-        await trio.sleep(rng.expovariate(1.0))
+        await trio.sleep(rng.expovariate(0.5))
 
 
 async def _soak() -> tuple[Scheduler, Watch, Figures, float]:
@@ -218,7 +227,7 @@ async def _soak() -> tuple[Scheduler, Watch, Figures, float]:
     endpoints = [
         servers["fast"].endpoint(models=["llama", "qwen"], limit=Fixed(16)),
         servers["slow"].endpoint(limit=Fixed(4)),
-        servers["flaky"].endpoint(limit=Fixed(8)),
+        servers["flaky"].endpoint(models=["qwen", "phi"], limit=Fixed(8)),
     ]
     sched = Scheduler(endpoints, limit=Fixed(8), queue_size=128)
     figures = Figures()
@@ -233,11 +242,15 @@ async def _soak() -> tuple[Scheduler, Watch, Figures, float]:
     watch = Watch(sched._admission)
     trio.lowlevel.add_instrument(watch)
     async with trio.open_nursery() as outer:
-        async with sched:
-            outer.start_soon(_faults, servers, random.Random(7))
-            async with trio.open_nursery() as clients:
+        outer.start_soon(_faults, servers, random.Random(7))
+        async with trio.open_nursery() as clients:
+            async with sched:
                 for i in range(CLIENTS):
                     clients.start_soon(_client, sched, servers, figures, 1000 + i, snapshot)
+                await figures.all_issued.wait()
+            # Closed under full load: what was queued ends closed, what ran
+            # had the grace period, and the clients stop issuing.
+            assert lmgate_tasks() == []
         outer.cancel_scope.cancel()
     trio.lowlevel.remove_instrument(watch)
     assert lmgate_tasks() == []
@@ -278,7 +291,7 @@ def test_soak_100k_requests() -> None:
     assert {k: v for k, v in stats.outcomes.items() if v} == dict(figures.seen)
     assert figures.late == []
     # Every kind of ending happened, so the run exercised every path.
-    for outcome in ("completed", "failed", "rejected", "deadline_exceeded", "cancelled"):
+    for outcome in stats.outcomes:
         assert stats.outcomes[outcome] > 0, outcome
     # Memory of the scheduler does not grow with the number of requests.
     early, late = figures.memory[EARLY], figures.memory[TOTAL]
