@@ -78,9 +78,7 @@ def _probe(servers: dict[str, SimServer]) -> Any:
             raise ConnectionRefusedError(111, "connection refused")
         if st.state == "hung":
             await anyio.sleep_forever()
-        return ProbeReport(
-            ok=True, loading=st.state == "loading", identities={st.model: st.digest}
-        )
+        return ProbeReport(ok=True, loading=st.state == "loading", identities={st.model: st.digest})
 
     return probe
 
@@ -148,9 +146,7 @@ async def run_chaos(
     servers = _servers(seed)
     probe = _probe(servers)
     endpoints = [
-        srv.endpoint(
-            health=probe, ports=(srv.port, srv.port + 1, srv.port + 2), limit=None
-        )
+        srv.endpoint(health=probe, ports=(srv.port, srv.port + 1, srv.port + 2), limit=None)
         for srv in servers.values()
     ]
     sched = lmgate.Scheduler(
@@ -322,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, count in report["outcomes"].items():
         print(f"  {name:24} {count}")
     mem = report["memory_mb"]
-    print(f"{'memory MB':26} first hour {mem['first_hour']}  peak {mem['peak']}  final {mem['final']}")
+    print(
+        f"{'memory MB':26} first hour {mem['first_hour']}  peak {mem['peak']}  final {mem['final']}"
+    )
     print(f"{'faults':26} {report['faults']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, sort_keys=True))

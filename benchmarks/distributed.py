@@ -9,12 +9,15 @@
    ``--hold`` seconds and counts how many it serves at once.  The ideal is
    ``limit / hold`` calls per second; the table shows how close the
    processes get together, and the endpoint's peak concurrency (it must
-   never exceed the limit).
+   never exceed the limit).  Each row with Redis is paired with the
+   alternative without it: a static split, ``limit / N`` per process,
+   which also never exceeds the limit but strands the slots of an idle
+   process -- and which measures what N processes cost this machine.
 
 It starts its own ``redis-server`` on a free port unless ``--redis`` names
 one.  Prints a table; writes JSON to ``benchmarks/results/distributed.json``.
 
-    python benchmarks/distributed.py [--seconds 3] [--hold 0.01] [--redis URL]
+    python benchmarks/distributed.py [--seconds 3] [--hold 0.01,0.1] [--rounds 2] [--redis URL]
 """
 
 from __future__ import annotations
@@ -116,7 +119,8 @@ async def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["redis"]:
         coord = Redis(cfg["redis"], lease_ttl=5.0, key_prefix=cfg["prefix"], rejoin_delay=0.0)
     done = 0
-    async with lmgate.Scheduler(_endpoints(), limit=Fixed(LIMIT), coordinator=coord) as sched:
+    limit = Fixed(cfg["limit"])
+    async with lmgate.Scheduler(_endpoints(), limit=limit, coordinator=coord) as sched:
 
         async def call(lease: lmgate.Lease) -> None:
             await call_endpoint(cfg["port"], cfg["hold"])
@@ -186,12 +190,15 @@ async def ping(redis_url: str, n: int = 2000) -> float:
 def throughput(
     redis_url: str | None, processes: int, endpoint: Endpoint, seconds: float, hold: float
 ) -> dict[str, Any]:
+    """Calls per second of ``processes`` workers; without Redis each gets limit / N."""
+    per_process = LIMIT if redis_url else LIMIT // processes
     start = time.time() + 2.0 + 0.3 * processes  # time for every process to start and join
     cfg = {
         "redis": redis_url,
         "prefix": f"bench-t{processes}-{int(start)}",
         "port": endpoint.port,
         "hold": hold,
+        "limit": per_process,
         "tasks": 2 * LIMIT,
         "start": start,
         "end": start + seconds,
@@ -212,8 +219,9 @@ def throughput(
     total = sum(o["completed"] for o in outs)
     ideal = LIMIT / hold
     return {
+        "hold": hold,
         "processes": processes,
-        "coordinated": redis_url is not None,
+        "sharing": "Redis" if redis_url else f"static {per_process} each",
         "calls_per_s": round(total / seconds, 1),
         "ideal_calls_per_s": round(ideal, 1),
         "efficiency": round(total / seconds / ideal, 3),
@@ -253,7 +261,8 @@ def _start_redis() -> tuple[subprocess.Popen[bytes], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per row")
-    ap.add_argument("--hold", type=float, default=0.01, help="seconds the endpoint holds a call")
+    ap.add_argument("--hold", default="0.01,0.1", help="seconds the endpoint holds a call")
+    ap.add_argument("--rounds", type=int, default=2, help="best of this many runs per row")
     ap.add_argument("--requests", type=int, default=4000, help="leases per overhead row")
     ap.add_argument("--processes", default="1,2,4,8")
     ap.add_argument("--redis", help="use this Redis instead of starting one")
@@ -283,9 +292,15 @@ def main() -> None:
                 }
             )
         endpoint = Endpoint()
-        rows_t = [throughput(None, 1, endpoint, args.seconds, args.hold)]
-        for n in (int(x) for x in args.processes.split(",")):
-            rows_t.append(throughput(url, n, endpoint, args.seconds, args.hold))
+        rows_t = []
+        for hold in (float(x) for x in args.hold.split(",")):
+            for n in (int(x) for x in args.processes.split(",")):
+                for redis_url in (None, url):
+                    runs = [
+                        throughput(redis_url, n, endpoint, args.seconds, hold)
+                        for _ in range(args.rounds)
+                    ]
+                    rows_t.append(max(runs, key=lambda r: r["calls_per_s"]))
         endpoint.close()
     finally:
         if server is not None:
@@ -300,14 +315,17 @@ def main() -> None:
             f"{r['concurrency']:>11} {r['in_process_us']:>14} {r['redis_us']:>9} {r['added_us']:>9}"
         )
     print(
-        f"\nAggregate throughput, shared limit {LIMIT}, endpoint holds each call {args.hold}s"
-        f" (ideal {LIMIT / args.hold:.0f}/s), {2 * LIMIT} tasks per process"
+        f"\nAggregate throughput, shared limit {LIMIT}, {2 * LIMIT} tasks per process,"
+        f" best of {args.rounds} x {args.seconds}s"
     )
-    print(f"{'processes':>9} {'coordinated':>11} {'calls/s':>8} {'of ideal':>8} {'peak':>5}")
+    print(
+        f"{'hold s':>6} {'processes':>9} {'limit sharing':>16} {'calls/s':>8} {'ideal':>6}"
+        f" {'of ideal':>8} {'peak':>5}"
+    )
     for r in rows_t:
         print(
-            f"{r['processes']:>9} {'Redis' if r['coordinated'] else 'no':>11}"
-            f" {r['calls_per_s']:>8} {r['efficiency']:>8.0%} {r['peak_concurrency']:>5}"
+            f"{r['hold']:>6} {r['processes']:>9} {r['sharing']:>16} {r['calls_per_s']:>8}"
+            f" {r['ideal_calls_per_s']:>6.0f} {r['efficiency']:>8.0%} {r['peak_concurrency']:>5}"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
@@ -317,8 +335,8 @@ def main() -> None:
                 "machine": platform.machine(),
                 "cpus": os.cpu_count(),
                 "limit": LIMIT,
-                "hold": args.hold,
                 "seconds": args.seconds,
+                "rounds": args.rounds,
                 "redis_ping_us": round(rtt, 1),
                 "overhead": rows_o,
                 "throughput": rows_t,

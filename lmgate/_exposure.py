@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import psutil  # type: ignore[import-untyped]
@@ -114,6 +114,11 @@ def inspect_listener(url: str) -> ListenerReport | None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return None
+    # The report is shown (stats, events): no user info, query or fragment.
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    url = urlunsplit(
+        (parts.scheme, f"{host}:{port}" if parts.port else str(host), parts.path, "", "")
+    )
     listeners = _listeners_on(port)
     if not listeners:
         return ListenerReport(url=url, port=port, found=False)

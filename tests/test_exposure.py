@@ -9,12 +9,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import msgspec
 import psutil  # type: ignore[import-untyped]
 import pytest
 
+import lmgate
+from lmgate import _exposure
 from lmgate._exposure import (
+    LISTENERS,
     UNKNOWN,
+    ListenerCache,
     ListenerReport,
     ServerExposed,
     ServerRunsAsRoot,
@@ -205,3 +211,76 @@ def test_events_and_warnings_for_an_exposed_root_server(
 def test_no_events_for_a_safe_or_unknown_server(report: ListenerReport) -> None:
     """Loopback-only, unknown or absent servers raise no alarm."""
     assert exposure_events(report, endpoint="e", now=0.0) == []
+
+
+@pytest.mark.anyio
+async def test_a_scheduler_checks_its_loopback_endpoints_at_start() -> None:
+    """An exposed server gets an event; a loopback-only one a report; neither blocks."""
+    LISTENERS.clear()
+    with listener("0.0.0.0") as open_port, listener("127.0.0.1") as safe_port:
+        endpoints = [
+            lmgate.Endpoint("open", url=f"http://127.0.0.1:{open_port}/v1", models=["m"]),
+            lmgate.Endpoint("safe", url=f"http://localhost:{safe_port}", models=["m"]),
+            lmgate.Endpoint("remote", url="http://10.0.0.1:8080", models=["m"]),
+        ]
+        async with lmgate.Scheduler(endpoints) as sched:
+            with sched.events.subscribe() as sub, anyio.fail_after(30):
+                event = await sub.get()
+            stats = sched.stats()
+    assert isinstance(event, ServerExposed)
+    assert (event.endpoint, event.port, event.pid) == ("open", open_port, os.getpid())
+    assert stats.resources is not None
+    listeners = stats.resources.listeners
+    assert set(listeners) == {"open", "safe"}
+    assert listeners["open"].exposed_to_network is True
+    assert listeners["safe"].exposed_to_network is False
+    assert listeners["safe"].addresses == (f"127.0.0.1:{safe_port}",)
+
+
+@pytest.mark.anyio
+async def test_a_failing_check_never_stops_the_scheduler(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Permission trouble in the check is logged; requests are served as usual."""
+
+    def denied(urls: Any) -> Any:
+        raise PermissionError("no access to /proc")
+
+    LISTENERS.clear()
+    monkeypatch.setattr(_exposure, "inspect_listener", denied)
+
+    async def call(lease: lmgate.Lease) -> str:
+        return lease.endpoint.name
+
+    caplog.set_level(logging.INFO, logger="lmgate.resources")
+    ep = lmgate.Endpoint("gpu", url="http://127.0.0.1:9", models=["m"])
+    async with lmgate.Scheduler([ep]) as sched:
+        assert await sched.run(call, model="m") == "gpu"
+        await anyio.wait_all_tasks_blocked()  # the check is in its thread
+    # Closing waits for the check's thread: its outcome is in by now.
+    assert sched.stats().resources.listeners == {}  # type: ignore[union-attr]
+    assert any("PermissionError" in r.getMessage() for r in caplog.records)
+
+
+def test_the_listener_cache_is_bounded_and_expires() -> None:
+    """Fresh answers come from the cache; old ones are asked again; size stays bounded."""
+    now = [0.0]
+    cache = ListenerCache(size=2, max_age=10.0, clock=lambda: now[0])
+    urls = ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]
+    first = cache.inspect(urls)
+    assert all(r is not None and not r.found for r in first)
+    assert (cache.misses, cache.hits, len(cache)) == (3, 0, 2)
+    cache.inspect(urls[1:])
+    assert (cache.misses, cache.hits) == (3, 2)
+    now[0] = 11.0
+    cache.inspect(urls[2:])
+    assert (cache.misses, cache.hits) == (4, 2)
+    assert cache.inspect(["https://example.com"]) == [None]
+
+
+def test_a_report_never_carries_credentials_from_the_url() -> None:
+    """User info, query and fragment are dropped: the report is shown in stats and events."""
+    report = inspect_listener("http://user:sk-pw@127.0.0.1:1/v1?key=sk-q#frag")
+    assert report is not None
+    assert report.url == "http://127.0.0.1:1/v1"
+    assert "sk-" not in msgspec.json.encode(report).decode()

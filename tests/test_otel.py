@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import anyio
@@ -13,8 +15,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+import lmgate
 from lmgate._endpoint import EndpointRef
 from lmgate._otel import OtelHook, RequestSpans
+from lmgate.policies import Fixed
 
 GPU = EndpointRef(
     name="gpu", url="http://user:pw@127.0.0.1:8080/v1?key=x", model="m", kind="llamacpp", local=True
@@ -204,3 +208,87 @@ def test_foreign_handles_are_ignored(
         None, endpoint=None, model="m", outcome="closed", queue_wait=0.0, duration=None
     )
     assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.anyio
+async def test_a_scheduler_emits_one_tree_per_request(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Through a real scheduler: queued calls too run under their own call span."""
+    hook = OtelHook(provider)
+    user = provider.get_tracer("user")
+    gate = anyio.Event()
+    after: dict[str, object] = {}
+
+    async def call(lease: lmgate.Lease) -> None:
+        await gate.wait()
+        with user.start_as_current_span(f"work-{lease.priority}"):
+            await anyio.lowlevel.checkpoint()
+        if lease.priority == 2:
+            raise ValueError("the call failed")
+
+    async def client(sched: lmgate.Scheduler, priority: int) -> None:
+        with contextlib.suppress(ValueError):
+            await sched.run(call, model="m", priority=priority)
+        after[f"current-{priority}"] = trace.get_current_span()
+
+    ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:8080", models=["m"])
+    async with lmgate.Scheduler([ep], limit=Fixed(1), hooks=[hook]) as sched:
+        async with anyio.create_task_group() as tg:
+            for priority in (1, 2, 3):
+                tg.start_soon(client, sched, priority)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+        with pytest.raises(lmgate.EndpointUnavailable):
+            await sched.run(call, model="unknown")
+    spans = exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in spans if s.context is not None}
+    requests = [s for s in spans if s.name == "lmgate.request"]
+    assert len(requests) == 4
+    for priority in (1, 2, 3):
+        (work,) = [s for s in spans if s.name == f"work-{priority}"]
+        call_span = by_id[parent_of(work)]  # type: ignore[index]
+        assert call_span.name == "lmgate.call"
+        request = by_id[parent_of(call_span)]  # type: ignore[index]
+        assert request.attributes is not None
+        assert request.attributes["lmgate.priority"] == priority
+        outcome = "failed" if priority == 2 else "completed"
+        assert request.attributes["lmgate.outcome"] == outcome
+        assert after[f"current-{priority}"] is trace.INVALID_SPAN
+    refused = [s for s in requests if s.attributes and s.attributes["lmgate.model"] == "unknown"]
+    assert len(refused) == 1
+    assert refused[0].attributes is not None
+    assert refused[0].attributes["lmgate.outcome"] == "unavailable"
+    assert refused[0].status.status_code is StatusCode.ERROR
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert all(s.end_time is not None for s in spans)
+
+
+def test_an_end_from_another_task_restores_the_caller_context_later(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Ended elsewhere, spans end at once; the caller's context is restored at its next start."""
+    hook = OtelHook(provider)
+    handle = hook.on_request_start(model="m", priority=0)
+    hook.on_request_granted(handle, endpoint=GPU, queue_wait=0.0)
+    assert trace.get_current_span() is handle.call
+    contextvars.copy_context().run(
+        hook.on_request_end,
+        handle,
+        endpoint="gpu",
+        model="m",
+        outcome="closed",
+        queue_wait=0.0,
+        duration=1.0,
+    )
+    assert {s.name for s in exporter.get_finished_spans()} == {
+        "lmgate.request",
+        "lmgate.queue",
+        "lmgate.call",
+    }
+    assert trace.get_current_span() is not trace.INVALID_SPAN  # not ours to touch from there
+    nxt = hook.on_request_start(model="m", priority=0)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    hook.on_request_end(
+        nxt, endpoint=None, model="m", outcome="rejected", queue_wait=0.0, duration=None
+    )

@@ -6,13 +6,19 @@ import math
 import threading
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
+import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import lmgate
 from lmgate._errors import InvalidParameter
 from lmgate._prometheus import LatencyHistograms, LmgateCollector
+from lmgate.policies import Fixed
+from lmgate.prometheus import instrument
+from lmgate.sim import Dist, SimServer
 
 
 class FakeEndpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -284,3 +290,74 @@ def test_bad_collector_arguments_are_refused() -> None:
     with pytest.raises(InvalidParameter):
         LmgateCollector(FakeScheduler(STATS), namespace="bad-name")
     assert repr(LmgateCollector(FakeScheduler(STATS))) == "<LmgateCollector namespace='lmgate'>"
+
+
+def test_a_real_scheduler_scraped_after_simulated_traffic() -> None:
+    """Simulated traffic through a Scheduler; the scrape parses back and matches stats()."""
+
+    async def main() -> tuple[dict[str, Any], Any]:
+        servers = {
+            name: SimServer(
+                name=name,
+                port=port,
+                model="m",
+                slots=4,
+                knee=2,
+                base_step=0.01,
+                output_tokens=Dist.fixed(10),
+                seed=port,
+            )
+            for name, port in (("fast", 8080), ("slow", 8081))
+        }
+
+        async def call(lease: lmgate.Lease) -> Any:
+            return await servers[lease.endpoint.name](lease)
+
+        registry = CollectorRegistry()
+        endpoints = [s.endpoint() for s in servers.values()]
+        async with lmgate.Scheduler(endpoints, limit=Fixed(2), queue_size=8) as sched:
+            instrument(sched, registry=registry)
+
+            async def client(priority: int) -> None:
+                for _ in range(20):
+                    try:
+                        await sched.run(call, model="m", priority=priority, timeout=5.0)
+                    except lmgate.LmgateError:
+                        await anyio.sleep(0.1)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(16):  # more than slots + queue: some are refused
+                    tg.start_soon(client, i % 3)
+            text = generate_latest(registry).decode()
+            stats = sched.stats()
+        return {f.name: f for f in text_string_to_metric_families(text)}, stats
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    families, stats = anyio.run(main, backend="trio", backend_options={"clock": clock})
+    outcomes = samples(families["lmgate_requests"], "_total")
+    assert outcomes == {(("outcome", k),): float(v) for k, v in stats.outcomes.items()}
+    assert samples(families["lmgate_requests_submitted"], "_total") == {(): 320.0}
+    assert stats.submitted == 320
+    assert sum(outcomes.values()) == 320.0  # nothing left queued or in flight
+    assert samples(families["lmgate_endpoint_limit"]) == {
+        (("endpoint", "fast"),): 2.0,
+        (("endpoint", "slow"),): 2.0,
+    }
+    durations = samples(families["lmgate_request_duration_seconds"], "_count")
+    waits = samples(families["lmgate_queue_wait_seconds"], "_count")
+    assert set(durations) == {(("endpoint", "fast"),), (("endpoint", "slow"),)}
+    served = stats.outcomes["completed"] + stats.outcomes["failed"]
+    assert sum(durations.values()) == served > 0
+    assert sum(waits.values()) == 320.0  # every request, refusals under "none"
+    assert stats.outcomes["rejected"] > 0
+    assert waits[(("endpoint", "none"),)] == float(stats.outcomes["rejected"])
+    assert samples(families["lmgate_resource_pressure"]) == {(("recommendation", "proceed"),): 0.0}
+    assert samples(families["lmgate_admission_paused"]) == {(): 0.0}
+
+
+def test_instrument_needs_a_scheduler() -> None:
+    """instrument() refuses an object without add_hook() and registers nothing."""
+    registry = CollectorRegistry()
+    with pytest.raises(InvalidParameter):
+        instrument(FakeScheduler(STATS), registry=registry)
+    assert list(registry.collect()) == []

@@ -13,6 +13,7 @@ trio instrument, and by each caller's own record), and that no lease leaks.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -97,9 +98,7 @@ class World:
         if st.state == "hung":
             await anyio.sleep_forever()
         await anyio.sleep(0.005)
-        return ProbeReport(
-            ok=True, loading=st.state == "loading", identities={st.model: st.digest}
-        )
+        return ProbeReport(ok=True, loading=st.state == "loading", identities={st.model: st.digest})
 
     async def call(self, lease: lmgate.Lease) -> Any:
         self.grants.append((anyio.current_time(), lease.endpoint.name, lease.endpoint.url))
@@ -108,9 +107,7 @@ class World:
     async def client_loop(self, model: str, idempotent: bool) -> None:
         while True:
             try:
-                await self.sched.run(
-                    self.call, model=model, timeout=TIMEOUT, idempotent=idempotent
-                )
+                await self.sched.run(self.call, model=model, timeout=TIMEOUT, idempotent=idempotent)
                 self.client["completed"] += 1
             except lmgate.DeadlineExceeded:
                 self.client["deadline_exceeded"] += 1
@@ -202,7 +199,7 @@ RETURN = BREAKER.open_max * (1 + BREAKER.jitter) + 11.0
 
 
 def test_crash_and_restart() -> None:
-    """A crashed server stops getting calls at once, only trials reach it, it returns after restart."""
+    """A crashed server stops getting calls at once; only trials reach it until it restarts."""
 
     async def timeline(w: World) -> None:
         await anyio.sleep(30)
@@ -214,7 +211,8 @@ def test_crash_and_restart() -> None:
     stats, events = w.run(timeline, end=240)
     b = endpoint_stats(stats, "b")
     opened = [e for e in events if isinstance(e, BreakerOpened) and e.endpoint == "b"]
-    assert opened and opened[0].at == pytest.approx(30.0)
+    assert opened
+    assert opened[0].at == pytest.approx(30.0)
     outage = w.to("b", 30.0 + 0.001, 90.0)
     assert len(outage) <= len(opened) * BREAKER.half_open_trials
     assert len(opened) <= max_opens(60.0 + RETURN)
@@ -295,7 +293,7 @@ def test_one_of_three_black_holed() -> None:
 
 
 def test_loading_for_a_minute_holds_without_opening() -> None:
-    """A server answering 503-loading for 60 s is held, never opened, and called again once loaded."""
+    """503-loading for 60 s holds the server, never opens it; it is called again once loaded."""
 
     async def timeline(w: World) -> None:
         await anyio.sleep(30)
@@ -316,7 +314,7 @@ def test_loading_for_a_minute_holds_without_opening() -> None:
 
 
 def test_a_429_storm_with_retry_after() -> None:
-    """A minute of 429s with Retry-After holds the server for exactly those pauses, never opens it."""
+    """A minute of 429s with Retry-After holds the server for exactly those pauses, no opening."""
 
     async def timeline(w: World) -> None:
         await anyio.sleep(30)
@@ -331,7 +329,7 @@ def test_a_429_storm_with_retry_after() -> None:
     grants = [t for t, *_ in w.to("a", 30.0, 90.0)]
     # Calls go out in bursts at least Retry-After apart.
     bursts = sorted({round(t, 6) for t in grants})
-    gaps = [b - a for a, b in zip(bursts, bursts[1:], strict=False) if b - a > 0.5]
+    gaps = [b - a for a, b in itertools.pairwise(bursts) if b - a > 0.5]
     assert all(g >= 5.0 - 1e-6 for g in gaps)
     assert w.to("a", 90.0 + 5.0)
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
+import lmgate
 from lmgate._errors import InvalidParameter
-from lmgate._tempfiles import TEMP_PREFIX, clean_stale_temp_files, temp_path_for
+from lmgate._tempfiles import TEMP_PREFIX, clean_stale_temp_files, state_dirs_of, temp_path_for
+from lmgate.scheduler._pressure import TempFilesCleaned
 
 NOW = 1_700_000_000.0
 DEAD_PID = 99_999_999  # above any kernel's pid_max
@@ -110,3 +114,43 @@ def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict[str, object]) ->
     """Ages and now must be finite non-negative numbers."""
     with pytest.raises(InvalidParameter):
         clean_stale_temp_files([tmp_path], **kwargs)  # type: ignore[arg-type]
+
+
+def test_state_dirs_are_the_directories_of_the_files(tmp_path: Path) -> None:
+    """Each file's directory once, absolute; None is skipped."""
+    cfg, journal = tmp_path / "lmgate.toml", tmp_path / "j" / "journal.log"
+    assert state_dirs_of(cfg, None, journal, str(cfg)) == (str(tmp_path), str(tmp_path / "j"))
+    assert state_dirs_of("lmgate.toml") == (os.getcwd(),)
+    assert state_dirs_of() == ()
+
+
+@pytest.mark.anyio
+async def test_a_scheduler_cleans_its_state_dirs_at_start(tmp_path: Path) -> None:
+    """Stale leftovers in state_dirs are gone after start; the cleanup is an event and a stat."""
+    wall = time.time()
+    stale = tmp_path / f"{TEMP_PREFIX}{DEAD_PID}-ab12-lmgate.toml"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (wall - 600, wall - 600))
+    keep = tmp_path / "lmgate.toml"
+    keep.write_bytes(b"[queue]\n")
+    ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=["m"])
+    async with lmgate.Scheduler([ep], state_dirs=state_dirs_of(keep)) as sched:
+        with sched.events.subscribe() as sub, anyio.fail_after(30):
+            event = await sub.get()
+        stats = sched.stats()
+    assert isinstance(event, TempFilesCleaned)
+    assert (event.removed, event.errors) == (1, 0)
+    assert not stale.exists()
+    assert keep.exists()
+    assert stats.resources is not None
+    assert stats.resources.temp_files is not None
+    assert stats.resources.temp_files.removed_paths == (str(stale),)
+
+
+def test_bad_state_dirs_are_refused() -> None:
+    """state_dirs must be a list of paths."""
+    ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=["m"])
+    for bad in ("/tmp", [3], [""], ["a\x00b"]):
+        with pytest.raises(InvalidParameter) as info:
+            lmgate.Scheduler([ep], state_dirs=bad)  # type: ignore[arg-type]
+        assert info.value.field == "state_dirs"

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, final
+from typing import final
 
 import anyio
 import anyio.abc
@@ -52,10 +52,11 @@ from lmgate._endpoint import Endpoint
 from lmgate._events import EventHub
 from lmgate.actors._health import ActorMessage, HealthMonitor, HealthReport, Moved, WarmedUp
 from lmgate.actors._resilience import Resilience
-from lmgate.policies._breaker import BreakerStateName, BreakerStatistics, Permit, Transition
+from lmgate.actors._statistics import EndpointActorStatistics, resilience_fields
+from lmgate.actors._timer import WakeTimer, warm_up
+from lmgate.policies._breaker import BreakerStateName, Permit, Transition
 from lmgate.policies._health import url_port
-from lmgate.policies._lifecycle import LifecycleStatistics
-from lmgate.policies._limit import LimitState, LimitStatistics
+from lmgate.policies._limit import LimitState
 from lmgate.policies._resilience_events import (
     EndpointStateChanged,
     LimitChanged,
@@ -77,43 +78,7 @@ from lmgate.scheduler._messages import LimitChanged as LimitMessage
 __all__ = ["EndpointActor", "EndpointActorStatistics", "resilience_fields"]
 
 _STALE = Permit(False, -1)  # a result from before the breaker's last epoch
-_ROUTING: dict[BreakerStateName, Routing] = {
-    "closed": "up",
-    "half_open": "up",
-    "held": "held",
-    "open": "down",
-}
 _MAX_IDENTITIES = 64
-
-
-@final
-class EndpointActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    """One endpoint as its actor sees it: feedback, breaker, probes, models."""
-
-    name: str
-    state: str
-    url: str
-    port: int | None
-    samples: int
-    by_class: dict[str, int]
-    latency_ewma: float | None
-    ttft_ewma: float | None
-    limit: LimitStatistics
-    breaker: BreakerStatistics
-    lifecycle: LifecycleStatistics
-    probes: int
-    probe_failures: int
-    last_probe_at: float | None
-    last_probe_ok: bool | None
-    probe_latency: float | None
-    addresses: tuple[str, ...] | None
-    identities: dict[str, str]
-    moves: int
-    port_searches: int
-    model_changes: int
-    ignored_timeouts: int
-    warmups: int
-    warmup_failures: int
 
 
 @final
@@ -159,8 +124,7 @@ class EndpointActor:
         self._phase_since = -math.inf
         self._loading_news = -math.inf
         self._reprobe = False  # moved: hold traffic until the new address answers
-        self._wake_at = math.inf
-        self._rearm: anyio.Event | None = None
+        self._timer = WakeTimer(tick_send, tick_interval)
         self._samples = 0
         self._by_class: dict[str, int] = dict.fromkeys(OUTCOME_CLASSES, 0)
         self._latency: float | None = None
@@ -191,7 +155,7 @@ class EndpointActor:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         async with anyio.create_task_group() as tg, self._inbox, self._controller, self._tick_send:
-            tg.start_soon(self._timer)
+            tg.start_soon(self._timer.run)
             if self.endpoint.health is not None:
                 self._monitor = HealthMonitor(
                     self.endpoint,
@@ -204,7 +168,14 @@ class EndpointActor:
                 )
                 tg.start_soon(self._monitor.run)
             if self.endpoint.warmup and self._res.warmup is not None:
-                tg.start_soon(self._warm_up, self._tick_send.clone())
+                tg.start_soon(
+                    warm_up,
+                    self.endpoint,
+                    lambda: self._url,
+                    self._res.warmup,
+                    self._res.warmup_timeout,
+                    self._tick_send.clone(),
+                )
             task_status.started()
             inbox = self._inbox
             while True:
@@ -395,10 +366,8 @@ class EndpointActor:
             self._routing = routing
             await self._controller.send(StateChanged(self.index, *routing))
         until = breaker.retry_at(now)
-        if until is not None and until < self._wake_at:
-            self._wake_at = until
-            if self._rearm is not None:
-                self._rearm.set()
+        if until is not None:
+            self._timer.arm(until)
 
     async def _publish_limit(self, proposed: int, now: float) -> None:
         new = max(1, int(proposed))
@@ -413,55 +382,6 @@ class EndpointActor:
 
     def _pace(self, now: float) -> tuple[BreakerStateName, float | None]:
         return self._breaker.state(now), self._breaker.retry_at(now)
-
-    # -- child tasks -----------------------------------------------------------------
-
-    async def _timer(self) -> None:
-        """Tick the policies every ``tick_interval``, and when an open time or hold ends."""
-        interval = self._tick_interval
-        next_tick = anyio.current_time() + interval
-        while True:
-            rearm = self._rearm = anyio.Event()
-            with anyio.move_on_at(min(next_tick, self._wake_at)):
-                await rearm.wait()
-            now = anyio.current_time()
-            fire = False
-            if now >= next_tick:
-                next_tick = now + interval
-                fire = True
-            if now >= self._wake_at:
-                self._wake_at = math.inf
-                fire = True
-            if not fire:
-                continue
-            try:
-                self._tick_send.send_nowait(Tick())
-            except anyio.WouldBlock:
-                pass  # the actor is busy; its next message reports the change
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-
-    async def _warm_up(self, send: MemoryObjectSendStream[ActorMessage]) -> None:
-        warmup = self._res.warmup
-        assert warmup is not None
-        with send:
-            for model in self.endpoint.models:
-                ok, detail = False, ""
-                target = self.endpoint
-                if self._url != target.url:
-                    target = msgspec.structs.replace(target, url=self._url)
-                with anyio.move_on_after(self._res.warmup_timeout) as scope:
-                    try:
-                        await warmup(target, model)
-                        ok = True
-                    except Exception as exc:
-                        detail = type(exc).__name__
-                if scope.cancelled_caught:
-                    detail = "warm-up timed out"
-                try:
-                    await send.send(WarmedUp(model=model, ok=ok, detail=detail))
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return
 
     # -- introspection -----------------------------------------------------------------
 
@@ -499,24 +419,3 @@ class EndpointActor:
             f"<EndpointActor {self.endpoint.name} state={self._routing[1]}"
             f" limit={self._published_limit}>"
         )
-
-
-def resilience_fields(a: EndpointActorStatistics) -> dict[str, Any]:
-    """The breaker, probe and model figures of ``stats()``'s ``EndpointStats``."""
-    b = a.breaker
-    return {
-        "breaker": b.state,
-        "held_by": b.held_by,
-        "retry_at": b.retry_at,
-        "opens": b.opens,
-        "failure_rate": b.failure_rate,
-        "probes": a.probes,
-        "probe_failures": a.probe_failures,
-        "last_probe_at": a.last_probe_at,
-        "last_probe_ok": a.last_probe_ok,
-        "port": a.port,
-        "moves": a.moves,
-        "identities": a.identities,
-        "model_changes": a.model_changes,
-        "cold_requests": a.lifecycle.cold_requests,
-    }

@@ -198,6 +198,23 @@ class Book:
             woken.append(w)
         return woken
 
+    def disown(self, granted: Iterable[str]) -> bool:
+        """Redis granted these in an answer that came too late to trust (it
+        predates a rejoin, which counted only what ran then): give the slots
+        back and queue their wants again.  True if anything is to be sent."""
+        if self.offline:
+            return False  # the next rejoin drops what this process does not run
+        news = False
+        for member in granted:
+            if member in self.held:
+                continue
+            self.removals.add(member)
+            w = self.waiting.get(member)
+            if w is not None:
+                w.sent = False
+            news = True
+        return news
+
     def forgotten(self) -> None:
         """Redis dropped this process's queue entries (it was presumed dead)."""
         for w in self.waiting.values():

@@ -158,9 +158,9 @@ class SharedEndpoint:
             ev = self._sync_wake
             now = anyio.current_time()
             timeout = math.inf
-            if book.waiting or self.limit.pending:
+            if book.waiting or (self.limit.pending and c.link.trusted):
                 timeout = s.poll_s
-            if book.held:
+            if book.held and c.link.trusted:  # nothing is renewed while Redis is away
                 timeout = min(timeout, max(0.0, self.next_renew - now))
             with anyio.move_on_after(timeout):
                 await ev.wait()
@@ -189,6 +189,7 @@ class SharedEndpoint:
                 continue
             last = anyio.current_time()
             if gen != link.generation:
+                self._stale(res)
                 continue
             self.syncs += 1
             self.shipped += len(samples)
@@ -204,6 +205,11 @@ class SharedEndpoint:
             if int(res[3]) != self.known_limit:
                 self.known_limit = int(res[3])
                 await c.apply_limit(self)
+
+    def _stale(self, res: list[Any]) -> None:
+        """An answer from before a loss and a rejoin: what it granted goes back."""
+        if int(res[0]) == 1 and self.book.disown(m.decode() for m in res[1]):
+            self.wake_sync()
 
     def _sync_call(self, batch: Batch, samples: list[bytes]) -> tuple[list[str], list[Any]]:
         c = self.coord

@@ -41,12 +41,17 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Final, Literal, final, get_args
-
-import msgspec
+from typing import Final, final, get_args
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float, check_int
+from lmgate.policies._breaker_config import (
+    Breaker,
+    BreakerStateName,
+    BreakerStatistics,
+    Permit,
+    Transition,
+)
+from lmgate.policies._breaker_window import BucketWindow
 from lmgate.policies._sample import OutcomeClass
 
 __all__ = [
@@ -58,106 +63,8 @@ __all__ = [
     "Transition",
 ]
 
-BreakerStateName = Literal["closed", "open", "half_open", "held"]
 _OUTCOMES: Final = frozenset(get_args(OutcomeClass))
-
-
-@final
-class Breaker(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Circuit-breaker settings; :meth:`build` makes one endpoint's state.
-
-    ``window`` seconds are split into ``buckets`` so memory stays fixed
-    however many calls pass.  ``reset_after`` seconds spent closed forget
-    earlier openings, so the backoff starts again from ``open_base``.
-    ``probe_failures`` consecutive failed health probes open a closed
-    breaker (a dead server with no traffic is noticed before a call fails).
-    """
-
-    window: float = 30.0
-    buckets: int = 10
-    failure_rate: float = 0.5
-    minimum_volume: int = 5
-    consecutive_failures: int = 5
-    overload_rate: float = 0.9
-    half_open_trials: int = 1
-    open_base: float = 1.0
-    open_max: float = 60.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-    reset_after: float = 300.0
-    probe_failures: int = 2
-    loading_hold: float = 10.0
-    retry_after_max: float = 600.0
-
-    def __post_init__(self) -> None:
-        check_float("window", self.window, low=0.0, low_open=True, high=86_400.0)
-        check_int("buckets", self.buckets, low=1, high=1000)
-        check_float("failure_rate", self.failure_rate, low=0.0, low_open=True, high=1.0)
-        check_int("minimum_volume", self.minimum_volume, low=1, high=1_000_000)
-        check_int("consecutive_failures", self.consecutive_failures, low=1, high=1_000_000)
-        check_float("overload_rate", self.overload_rate, low=0.0, low_open=True, high=1.0)
-        check_int("half_open_trials", self.half_open_trials, low=1, high=10_000)
-        check_float("open_base", self.open_base, low=0.0, low_open=True, high=86_400.0)
-        check_float("open_max", self.open_max, low=self.open_base, high=86_400.0)
-        check_float("multiplier", self.multiplier, low=1.0, high=100.0)
-        check_float("jitter", self.jitter, low=0.0, high=0.99)
-        check_float("reset_after", self.reset_after, low=0.0, high=1e9)
-        check_int("probe_failures", self.probe_failures, low=1, high=1000)
-        check_float("loading_hold", self.loading_hold, low=0.0, low_open=True, high=86_400.0)
-        check_float("retry_after_max", self.retry_after_max, low=0.0, high=86_400.0)
-
-    def build(self, rng: random.Random | None = None) -> BreakerState:
-        """A fresh, closed breaker; ``rng`` jitters open times (None: no jitter)."""
-        return BreakerState(self, rng)
-
-
-@final
-class Permit(msgspec.Struct, frozen=True, gc=False):
-    """What :meth:`BreakerState.acquire` hands out; give it back to ``record``."""
-
-    trial: bool
-    epoch: int
-
-
-@final
-class Transition(msgspec.Struct, frozen=True, kw_only=True):
-    """The breaker's state changed (or it re-opened) at ``at``.
-
-    ``until`` is when traffic may flow again, if known; the failure numbers
-    are those of the window that tripped an opening, else of the window now.
-    """
-
-    at: float
-    before: BreakerStateName
-    after: BreakerStateName
-    reason: str
-    until: float | None
-    failure_rate: float
-    failures: int
-    total: int
-    consecutive_opens: int
-
-
-@final
-class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    """A snapshot for ``stats()``: state, why it is held, and the window."""
-
-    state: BreakerStateName
-    held_by: str | None
-    retry_at: float | None
-    failure_rate: float
-    failures: int
-    overloads: int
-    total: int
-    opens: int
-    consecutive_opens: int
-    trials_in_flight: int
-    half_open_successes: int
-    probe_failures: int
-
-
 _NEG_INF: Final = -math.inf
-_NO_BUCKET: Final = -(2**62)
 
 
 @final
@@ -165,10 +72,6 @@ class BreakerState:
     """One endpoint's breaker.  Not thread-safe: its actor alone drives it."""
 
     __slots__ = (
-        "_b_fail",
-        "_b_index",
-        "_b_over",
-        "_b_total",
         "_closed_permit",
         "_closed_since",
         "_config",
@@ -190,18 +93,13 @@ class BreakerState:
         "_trial_permit",
         "_trials",
         "_trip",
-        "_width",
+        "_window",
     )
 
     def __init__(self, config: Breaker, rng: random.Random | None = None) -> None:
         self._config = config
         self._rng = rng
-        n = config.buckets
-        self._width = config.window / n
-        self._b_index = [_NO_BUCKET] * n
-        self._b_total = [0] * n
-        self._b_fail = [0] * n
-        self._b_over = [0] * n
+        self._window = BucketWindow(config.window, config.buckets)
         self._last = _NEG_INF
         self._phase_open = False
         self._open_until = _NEG_INF
@@ -306,14 +204,14 @@ class BreakerState:
                 self._soft_kind = None
                 reason = "serving"
             if counts and not self._phase_open:
-                self._add(t, fail=0, over=0)
+                self._window.add(t, fail=0, over=0)
                 self._overload_holds = 0
                 self._failure_run = 0
             elif counts:
                 reason = self._half_open_success(t) or reason
         elif outcome == "error" or outcome == "timeout":
             if counts and not self._phase_open:
-                self._add(t, fail=1, over=0)
+                self._window.add(t, fail=1, over=0)
                 self._failure_run += 1
                 if self._tripped_by_failures():
                     self._open(t)
@@ -329,7 +227,7 @@ class BreakerState:
                 self._ra_until = t + ra
                 reason = "retry_after"
             if counts and not self._phase_open:
-                self._add(t, fail=0, over=1)
+                self._window.add(t, fail=0, over=1)
                 if ra is None and self._tripped_by_overloads():
                     self._hold_overloaded(t)
                     reason = "overload_rate"
@@ -382,7 +280,7 @@ class BreakerState:
     def statistics(self, now: float | None = None) -> BreakerStatistics:
         """A snapshot at ``now`` (default: the latest time the breaker saw)."""
         t = self._last if now is None else max(now, self._last)
-        total, fail, over = self._sums(t) if t > _NEG_INF else (0, 0, 0)
+        total, fail, over = self._window.sums(t) if t > _NEG_INF else (0, 0, 0)
         state = self.state(t) if t > _NEG_INF else self._reported
         return BreakerStatistics(
             state=state,
@@ -439,7 +337,7 @@ class BreakerState:
     def _hold_overloaded(self, t: float) -> None:
         self._soft_hold("overload", t + self._backoff(self._overload_holds))
         self._overload_holds += 1
-        self._clear_window()
+        self._window.clear()
 
     def _half_open_success(self, t: float) -> str | None:
         self._successes += 1
@@ -453,7 +351,7 @@ class BreakerState:
 
     def _open(self, t: float) -> None:
         cfg = self._config
-        total, fail, _ = self._sums(t)
+        total, fail, _ = self._window.sums(t)
         self._trip = (fail / total if total else 0.0, fail, total)
         if (
             not self._phase_open
@@ -474,7 +372,7 @@ class BreakerState:
         self._failure_run = 0
         self._closed_permit = Permit(False, self._epoch)
         self._trial_permit = Permit(True, self._epoch)
-        self._clear_window()
+        self._window.clear()
 
     def _backoff(self, k: int) -> float:
         cfg = self._config
@@ -499,7 +397,7 @@ class BreakerState:
         if after == "open":
             rate, fail, total = self._trip
         else:
-            total, fail, _ = self._sums(t)
+            total, fail, _ = self._window.sums(t)
             rate = fail / total if total else 0.0
         return Transition(
             at=t,
@@ -514,36 +412,11 @@ class BreakerState:
         )
 
     def _tripped_by_failures(self) -> bool:
-        total, fail, _ = self._sums(self._last)
+        total, fail, _ = self._window.sums(self._last)
         cfg = self._config
         return total >= cfg.minimum_volume and fail >= cfg.failure_rate * total
 
     def _tripped_by_overloads(self) -> bool:
-        total, _, over = self._sums(self._last)
+        total, _, over = self._window.sums(self._last)
         cfg = self._config
         return total >= cfg.minimum_volume and over >= cfg.overload_rate * total
-
-    def _add(self, t: float, *, fail: int, over: int) -> None:
-        idx = int(t // self._width)
-        i = idx % len(self._b_index)
-        if self._b_index[i] != idx:
-            self._b_index[i] = idx
-            self._b_total[i] = self._b_fail[i] = self._b_over[i] = 0
-        self._b_total[i] += 1
-        self._b_fail[i] += fail
-        self._b_over[i] += over
-
-    def _sums(self, t: float) -> tuple[int, int, int]:
-        idx = int(t // self._width)
-        oldest = idx - len(self._b_index)
-        total = fail = over = 0
-        for i, b in enumerate(self._b_index):
-            if oldest < b <= idx:
-                total += self._b_total[i]
-                fail += self._b_fail[i]
-                over += self._b_over[i]
-        return total, fail, over
-
-    def _clear_window(self) -> None:
-        n = len(self._b_index)
-        self._b_index[:] = [_NO_BUCKET] * n

@@ -17,11 +17,10 @@ header when it has one (immune to clock skew), else against ``now_epoch``.
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final, Protocol, final, get_args
 
 import msgspec
@@ -32,6 +31,15 @@ from lmgate._errors import (
     InvalidParameter,
     Overloaded,
     Rejected,
+)
+from lmgate.policies._classify_http import (
+    CONTEXT_HINTS,
+    LOADING_HINTS,
+    body_text,
+    has_hint,
+    parse_retry_after,
+    response_text,
+    retry_after_from,
 )
 from lmgate.policies._sample import OutcomeClass
 
@@ -46,28 +54,12 @@ __all__ = [
 ]
 
 _OUTCOMES: Final = frozenset(get_args(OutcomeClass))
-_MAX_TEXT = 2048
 _MAX_DEPTH = 6
 # Errnos that prove the connection was never established.
 _BEFORE_SEND_ERRNOS: Final = frozenset(
     getattr(errno, n)
     for n in ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL", "EHOSTDOWN")
     if hasattr(errno, n)
-)
-_LOADING_HINTS: Final = ("loading", "warming up", "starting up", "not yet loaded")
-_CONTEXT_HINTS: Final = (
-    "context length",
-    "context_length",
-    "context window",
-    "context size",
-    "exceed_context",
-    "exceeds the context",
-    "maximum context",
-    "too many tokens",
-    "prompt is too long",
-    "input is too long",
-    "`inputs` tokens",  # TGI: "must be <= M. Given: N `inputs` tokens and ..."
-    "`inputs` must have less than",  # TGI
 )
 
 
@@ -123,45 +115,6 @@ def endpoint_fault(outcome: OutcomeClass) -> bool:
     failure; ``client_error`` and ``cancelled`` say nothing about the server.
     """
     return outcome == "error" or outcome == "timeout"
-
-
-def parse_retry_after(value: object, now_epoch: float | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value, or None if unusable.
-
-    Accepts delay-seconds (fractions tolerated, as some servers send them)
-    and HTTP-dates, which need ``now_epoch`` (seconds since the epoch) as the
-    reference.  Garbage of any kind -- negative, non-finite, overlong,
-    non-text, unparsable dates -- gives None rather than an exception, since
-    this runs while a lease is being released.
-    """
-    if isinstance(value, bytes | bytearray):
-        try:
-            value = bytes(value).decode("ascii")
-        except UnicodeDecodeError:
-            return None
-    if not isinstance(value, str) or len(value) > 64 or "\x00" in value:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds) or seconds < 0:
-            return None
-        return seconds
-    if now_epoch is None or not math.isfinite(now_epoch):
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-        if when.tzinfo is None:  # RFC 9110 dates are GMT
-            return None
-        delay = when.timestamp() - now_epoch
-    except (TypeError, ValueError, IndexError, OverflowError, OSError):
-        return None
-    return max(0.0, delay) if math.isfinite(delay) else None
 
 
 def classify(
@@ -307,7 +260,7 @@ def _overloaded(exc: Overloaded) -> Classification:
     retry_after = exc.retry_after
     if retry_after is not None and (not math.isfinite(retry_after) or retry_after < 0):
         retry_after = None
-    if exc.status == 503 and _has_hint(str(exc), _LOADING_HINTS):
+    if exc.status == 503 and has_hint(str(exc), LOADING_HINTS):
         return Classification(
             outcome="loading", retry_after=retry_after, reason="loading", status=503
         )
@@ -341,7 +294,7 @@ def _httpx(
     if isinstance(exc, module.HTTPStatusError):
         response = exc.response
         return _from_status(
-            response.status_code, response.headers, _response_text(response), now_epoch
+            response.status_code, response.headers, response_text(response), now_epoch
         )
     if isinstance(exc, module.ConnectTimeout):
         return Classification(outcome="timeout", before_send=True, reason="connect_timeout")
@@ -369,7 +322,7 @@ def _openai(
     if not isinstance(exc, module.OpenAIError):
         return None
     if isinstance(exc, module.APIStatusError):
-        text = _body_text(getattr(exc, "body", None), getattr(exc, "code", None), str(exc))
+        text = body_text(getattr(exc, "body", None), getattr(exc, "code", None), str(exc))
         return _from_status(exc.status_code, exc.response.headers, text, now_epoch)
     if isinstance(exc, module.APITimeoutError):
         inner = _cause_before_send(exc, depth)
@@ -409,8 +362,8 @@ def _from_status(status: int, headers: Any, text: str, now_epoch: float | None) 
     """
     reason = f"http_{status}"
     if status == 429 or status == 503:
-        retry_after = _retry_after_from(headers, now_epoch)
-        if status == 503 and _has_hint(text, _LOADING_HINTS):
+        retry_after = retry_after_from(headers, now_epoch)
+        if status == 503 and has_hint(text, LOADING_HINTS):
             return Classification(
                 outcome="loading", retry_after=retry_after, reason="loading", status=status
             )
@@ -422,7 +375,7 @@ def _from_status(status: int, headers: Any, text: str, now_epoch: float | None) 
     if status >= 500:
         return Classification(outcome="error", reason=reason, status=status)
     if 400 <= status < 500:
-        if _has_hint(text, _CONTEXT_HINTS):
+        if has_hint(text, CONTEXT_HINTS):
             return Classification(
                 outcome="client_error",
                 reason="context_overflow",
@@ -431,62 +384,3 @@ def _from_status(status: int, headers: Any, text: str, now_epoch: float | None) 
             )
         return Classification(outcome="client_error", reason=reason, status=status)
     return Classification(outcome="error", reason=reason, status=status)
-
-
-def _retry_after_from(headers: Any, now_epoch: float | None) -> float | None:
-    try:
-        millis = headers.get("retry-after-ms")
-        if millis is not None:
-            ms = parse_retry_after(millis, None)
-            if ms is not None:
-                return ms / 1000.0
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        server_now = _date_reference(headers.get("date"))
-        return parse_retry_after(value, server_now if server_now is not None else now_epoch)
-    except Exception:
-        return None
-
-
-def _date_reference(value: object) -> float | None:
-    """The epoch time of an HTTP ``Date`` header, or None."""
-    if not isinstance(value, str) or len(value) > 64:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        if when.tzinfo is None:
-            return None
-        stamp = when.timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError, OSError):
-        return None
-    return stamp if math.isfinite(stamp) else None
-
-
-def _response_text(response: Any) -> str:
-    try:
-        content = response.content  # raises if a streamed body was not read
-    except Exception:
-        return ""
-    if not isinstance(content, bytes):
-        return ""
-    return content[:_MAX_TEXT].decode("utf-8", "replace")
-
-
-def _body_text(body: object, code: object, message: str) -> str:
-    parts = [message[:_MAX_TEXT]]
-    if isinstance(code, str):
-        parts.append(code[:256])
-    if isinstance(body, Mapping):
-        for key in ("code", "type", "message"):
-            v = body.get(key)
-            if isinstance(v, str):
-                parts.append(v[:_MAX_TEXT])
-    elif isinstance(body, str):
-        parts.append(body[:_MAX_TEXT])
-    return " ".join(parts)
-
-
-def _has_hint(text: str, hints: tuple[str, ...]) -> bool:
-    low = text[:_MAX_TEXT].lower()
-    return any(h in low for h in hints)

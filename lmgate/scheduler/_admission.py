@@ -36,6 +36,7 @@ from lmgate.scheduler._queue import RequestQueue
 
 if TYPE_CHECKING:
     from lmgate.scheduler._hooks import HookedRequest, Watch
+    from lmgate.scheduler._throttling import Throttling
 
 __all__ = ["Admission", "EndpointSlot"]
 
@@ -145,6 +146,8 @@ class Admission:
         self.context_factor = 1.0
         self.shed_above: int | None = None
         self.paused = False
+        #: Client-side throttling (``_throttling.Throttling``), when enabled.
+        self.throttling: Throttling | None = None
 
     # -- caller side ---------------------------------------------------------------
 
@@ -186,9 +189,16 @@ class Admission:
             self.outcomes["unavailable"] += 1
             raise EndpointUnavailable(f"no endpoint serves model {model!r}")
         if not self.queue.waiting(model):
+            throttling = self.throttling
+            refusals = throttling.refusals if throttling is not None else 0
             slot = self._pick(slots, now, exclude, model, min_window)
             if slot is not None:
                 return self._grant(slot, model, priority, deadline, now, now)
+            if throttling is not None and throttling.refused(
+                slots, now, refusals, exclude, model, min_window
+            ):
+                self.outcomes["rejected"] += 1
+                raise throttling.rejected(model)
         if all(s.routing == "down" for s in slots if window_fits(s, model, min_window)):
             self.outcomes["unavailable"] += 1
             raise EndpointUnavailable(f"every endpoint serving {model!r} is down")
@@ -318,6 +328,8 @@ class Admission:
                     slot.routing = "held"  # the server asked for a pause
                 elif slot.trials is not None and (outcome == "error" or outcome == "timeout"):
                     slot.trials = 0  # a half-open trial failed; the actor re-sends trials
+        if self.throttling is not None:
+            self.throttling.record(slot, outcome, now)
         if lease._coordinated and self.on_release is not None:
             self.on_release(lease)
         if self.on_finish is not None:
@@ -462,7 +474,10 @@ class Admission:
     def _hand_over(self, slot: EndpointSlot, now: float) -> None:
         while not self.paused and slot.in_flight < slot.effective_limit:
             if slot.throttle is not None and slot.throttle(now):
-                return
+                # Throttled: a request with nowhere else to go fails fast.
+                if self.throttling is None or not self.throttling.refuse_next(self, slot, now):
+                    return
+                continue
             waiter = self.queue.best_fitting(slot.models, slot.endpoint.window_for)
             if waiter is None:
                 return

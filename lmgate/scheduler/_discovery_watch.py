@@ -154,8 +154,8 @@ class EndpointRecord:
     def same_server(self, info: ServerInfo) -> bool:
         """Whether ``info`` (from another address) describes this endpoint's server."""
         mine = self.info or self.applied
-        if mine is None or not mine.models or not info.models:
-            return True
+        if mine is None or not mine.models:
+            return True  # nothing to tell it by
         return bool(set(mine.models) & set(info.models))
 
     def statistics(self) -> DiscoveryStatistics:

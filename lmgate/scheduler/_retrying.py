@@ -133,7 +133,7 @@ class Retrying:
             if attempt > 1:
                 adm.queued -= 1  # the request's wait ends; submit counts it again
             got = adm.submit(
-                target, priority, deadline, adm.clock(), exclude=failed or None, count=True
+                target, priority, deadline, adm.clock(), exclude=failed or None, count=attempt == 1
             )
             lease: Lease | None
             waiter: Waiter | None

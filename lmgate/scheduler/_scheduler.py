@@ -31,6 +31,7 @@ from lmgate.actors._resilience import Resilience
 from lmgate.actors._resources import Reader
 from lmgate.policies._limit import Fixed, LimitPolicy, check_float, check_int
 from lmgate.policies._retry import Retry, check_fallbacks
+from lmgate.policies._throttle import Throttle
 from lmgate.policies.context import ContextStrategy
 from lmgate.policies.resources import ResourceGuard
 from lmgate.scheduler._admission import Admission, EndpointSlot
@@ -45,6 +46,7 @@ from lmgate.scheduler._pressure import Resources
 from lmgate.scheduler._reconfigure import Reconfigurer, from_config
 from lmgate.scheduler._retrying import Retrying
 from lmgate.scheduler._stats import EndpointStats, Stats
+from lmgate.scheduler._throttling import throttling_for
 from lmgate.transports._pool import ClientPool
 
 __all__ = ["Scheduler"]
@@ -82,6 +84,7 @@ class Scheduler:
         resource_reader: Reader | None = None,
         state_dirs: Sequence[str | os.PathLike[str]] = (),
         context: ContextStrategy | ContextConfig | None = None,
+        throttle: Throttle | None = Throttle(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         if isinstance(endpoints, Endpoint) or not isinstance(endpoints, Sequence):
             raise InvalidParameter("endpoints must be a list of Endpoint", field="endpoints")
@@ -127,6 +130,7 @@ class Scheduler:
         self._entered = False
         self._new_scope: Callable[..., ScopeLike] = anyio.CancelScope
         self._resilience, self._retrying = self._resilience_of(retry, fallbacks, resilience)
+        self._admission.throttling = throttling_for(throttle, self._resilience.seed)
         # Request hooks (metrics, traces), and the machine around the scheduler:
         # resource pressure, exposed local servers, leftover temp files.
         self._watch = Watch(self._admission, hooks)

@@ -170,7 +170,7 @@ async def read_bounded(response: httpx.Response) -> bytes:
 def refusal(exc: LmgateError) -> httpx.Response:
     if isinstance(exc, ContextOverflow):
         # What the servers themselves say, so SDKs raise their usual error.
-        body = {
+        overflow = {
             "error": {
                 "message": str(exc),
                 "type": "invalid_request_error",
@@ -178,7 +178,9 @@ def refusal(exc: LmgateError) -> httpx.Response:
                 "code": "context_length_exceeded",
             }
         }
-        return httpx.Response(400, json=body, headers={"x-lmgate-error": "lmgate_context_overflow"})
+        return httpx.Response(
+            400, json=overflow, headers={"x-lmgate-error": "lmgate_context_overflow"}
+        )
     if isinstance(exc, Rejected):
         status, kind, headers = 429, "lmgate_rejected", {"retry-after": "1"}
     elif isinstance(exc, DeadlineExceeded):

@@ -17,16 +17,17 @@ enforced per read instead.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol, final
 
 import anyio
 import httpx
 import msgspec
 
+from lmgate._chat import Message
 from lmgate._endpoint import Endpoint, EndpointRef
 from lmgate._errors import (
+    ContextOverflow,
     DeadlineExceeded,
     EndpointUnavailable,
     InvalidParameter,
@@ -40,8 +41,10 @@ from lmgate.detect._locality import classify_url
 from lmgate.detect._tokens import TokenEstimator
 from lmgate.policies._sample import OutcomeClass
 from lmgate.transports._errors import error_from_response
-from lmgate.transports._pool import pooled_transport
+from lmgate.transports._leased import LeasedStream
+from lmgate.transports._pool import ClientPool, pooled_transport
 from lmgate.transports._request import (
+    chat_prompt,
     json_object,
     params,
     prompt_chars,
@@ -102,6 +105,8 @@ class LeaseSource(Protocol):
         model: str,
         priority: int = 0,
         timeout: float | None = None,  # noqa: ASYNC109 -- the scheduler's own signature
+        messages: Sequence[Message] | None = None,
+        max_tokens: int | None = None,
     ) -> Any: ...
 
 
@@ -124,8 +129,19 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
     extensions or the ``X-Lmgate-Priority`` / ``X-Lmgate-Timeout`` headers,
     which are stripped.  The caller's ``Authorization`` is never forwarded
     (the endpoint's own key is sent instead) unless ``forward_auth``.
-    ``inner`` replaces the per-endpoint connection pools (tests use an
-    ``httpx.MockTransport``).  With ``raise_errors`` a mapped server error
+
+    Chat requests are routed by context window: their messages and output
+    budget (``max_tokens``) go to the scheduler's context gate, which
+    grants only an endpoint whose window can take them, fits the prompt to
+    that window with the endpoint's context strategy (the fitted messages
+    are what is sent), and refuses a prompt no endpoint could take with
+    ``ContextOverflow`` before anything is sent.  ``context=False`` sends
+    every body as it came.
+
+    Connections come from the scheduler's own per-endpoint pools
+    (``sched.clients``, closed with the scheduler) when it has them, else
+    from pools of the transport's own; ``inner`` replaces both (tests use
+    an ``httpx.MockTransport``).  With ``raise_errors`` a mapped server error
     is raised instead of returned; with ``refusal_responses`` a scheduler
     refusal becomes an HTTP response (429/503/504) instead of an exception,
     which suits SDKs that would otherwise retry it as a connection error.
@@ -139,6 +155,7 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         forward_auth: bool = False,
         raise_errors: bool = False,
         refusal_responses: bool = False,
+        context: bool = True,
     ) -> None:
         if not hasattr(sched, "acquire") or not hasattr(sched, "endpoints"):
             raise InvalidParameter("sched must be an lmgate Scheduler", field="sched")
@@ -147,6 +164,7 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         self._forward_auth = forward_auth
         self._raise = raise_errors
         self._refusals = refusal_responses
+        self._context = context
         self._pools: dict[str, httpx.AsyncBaseTransport] = {}
         self._estimators: dict[str, TokenEstimator] = {}
         self._closed = False
@@ -165,6 +183,9 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
             return self._inner
         pool = self._pools.get(name)
         if pool is None:
+            shared = getattr(self._sched, "clients", None)
+            if isinstance(shared, ClientPool):
+                return shared.transport(ep if ep is not None else name)
             limit = ep.max_connections if ep is not None else 100
             sock = classify_url(ep.url).socket_path if ep is not None else None
             pool = pooled_transport(limit, uds=sock)
@@ -188,10 +209,21 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
             raise InvalidParameter("request body larger than 32 MiB", field="body")
         payload = json_object(request, body)
         model, priority, timeout = params(request, payload)
+        prompt = chat_prompt(request, payload) if self._context else None
+        window: dict[str, Any] = {}
+        if prompt is not None:
+            window = {"messages": prompt[0], "max_tokens": prompt[1]}
         self._requests += 1
         try:
-            lease = await self._sched.acquire(model=model, priority=priority, timeout=timeout)
+            lease = await self._sched.acquire(
+                model=model, priority=priority, timeout=timeout, **window
+            )
         except (Rejected, EndpointUnavailable, SchedulerClosed, DeadlineExceeded) as exc:
+            if self._refusals:
+                return refusal(exc)
+            raise
+        except ContextOverflow as exc:
+            self._overflows += 1
             if self._refusals:
                 return refusal(exc)
             raise
@@ -214,7 +246,7 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         sniffer = UsageSniffer(response.headers.get("content-type", ""))
         chars = prompt_chars(payload)
         self._open += 1
-        stream = _LeasedStream(self, response, lease, start, sniffer, chars)
+        stream = LeasedStream(self, response, lease, start, sniffer, chars)
         return httpx.Response(
             response.status_code,
             headers=response.headers,
@@ -242,8 +274,14 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
             headers.append(("authorization", f"Bearer {key}"))
         elif self._forward_auth and "authorization" in request.headers:
             headers.append(("authorization", request.headers["authorization"]))
+        changes: dict[str, Any] = {}
         if payload is not None and payload.get("model") != ref.model and ref.model:
-            body = msgspec.json.encode({**payload, "model": ref.model})
+            changes["model"] = ref.model
+        fitted = getattr(lease, "fitted", None)
+        if payload is not None and fitted is not None and fitted.applied:
+            changes["messages"] = lease.messages  # type: ignore[attr-defined]
+        if payload is not None and changes:
+            body = msgspec.json.encode({**payload, **changes})
         extensions = dict(request.extensions)
         extensions["timeout"] = timeouts(request, ep, lease)
         return httpx.Request(
@@ -279,7 +317,7 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
             response.status_code, headers=headers, content=body, extensions=response.extensions
         )
 
-    def _stream_closed(self) -> None:
+    def stream_closed(self) -> None:
         self._open -= 1
 
     async def aclose(self) -> None:
@@ -309,89 +347,3 @@ class _HTTPError(LmgateError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
-
-
-class _LeasedStream(httpx.AsyncByteStream):
-    """The response body; closing it (or reading it to the end) releases the lease."""
-
-    def __init__(
-        self,
-        owner: SchedulingTransport,
-        response: httpx.Response,
-        lease: LeaseLike,
-        start: float,
-        sniffer: UsageSniffer,
-        prompt_chars: int | None,
-    ) -> None:
-        self._owner = owner
-        self._response = response
-        self._lease = lease
-        self._start = start
-        self._sniffer = sniffer
-        self._chars = prompt_chars
-        self._first = True
-        self._done = False
-        self._released = False
-        self._it: AsyncIterator[bytes] | None = None
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._it is None:
-            self._it = self._response.stream.__aiter__()  # type: ignore[union-attr]
-        try:
-            with anyio.move_on_at(self._lease.deadline) as scope:
-                chunk: bytes = await self._it.__anext__()
-        except StopAsyncIteration:
-            self._done = True
-            raise
-        except BaseException as exc:
-            self._finish(exc)
-            raise
-        if scope.cancelled_caught:
-            name = self._lease.endpoint.name
-            err = DeadlineExceeded(f"deadline passed while reading from {name}")
-            self._finish(err)
-            raise err
-        if chunk:
-            if self._first:
-                self._first = False
-                self._lease.report(ttft=max(0.0, anyio.current_time() - self._start))
-            self._sniffer.feed(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        try:
-            it, self._it = self._it, None
-            closer = getattr(it, "aclose", None)
-            if closer is not None:
-                await closer()
-            await self._response.aclose()
-        finally:
-            self._finish(None)
-
-    def _finish(self, error: BaseException | None) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._owner._stream_closed()
-        if error is not None:
-            self._lease.release(error)
-            return
-        if not self._done:
-            self._lease.release(None, outcome="cancelled")
-            return
-        self._sniffer.close()
-        prompt, output = self._sniffer.prompt_tokens, self._sniffer.output_tokens
-        if prompt is not None or output is not None:
-            self._lease.report(prompt_tokens=prompt, output_tokens=output)
-        if prompt is not None and self._chars:
-            self._owner.estimator(self._lease.endpoint.name).observe(self._chars, prompt)
-        self._lease.release(None)
-
-    def __del__(self) -> None:
-        # A body nobody closed must not hold its slot forever.
-        if not self._released:
-            with contextlib.suppress(Exception):
-                self._finish(None)

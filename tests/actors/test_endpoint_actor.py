@@ -8,6 +8,7 @@ what it tells admission, when, and which events it publishes.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,7 +85,9 @@ class Rig:
         )
 
     def states(self) -> list[tuple[float, str, str, int | None]]:
-        return [(t, m.routing, m.state, m.trials) for t, m in self.told if isinstance(m, StateChanged)]
+        return [
+            (t, m.routing, m.state, m.trials) for t, m in self.told if isinstance(m, StateChanged)
+        ]
 
     def routing(self) -> str:
         states = self.states()
@@ -220,12 +223,15 @@ async def test_retry_after_holds_traffic_to_the_instant() -> None:
         t0 = anyio.current_time()
         rig.sample("overload", retry_after=2.5)
         await anyio.sleep(10)
-        assert rig.states() == [(t0, "held", "retry_after", None), (t0 + 2.5, "up", "healthy", None)]
+        assert rig.states() == [
+            (t0, "held", "retry_after", None),
+            (t0 + 2.5, "up", "healthy", None),
+        ]
         assert rig.actor.statistics().breaker.opens == 0
 
 
 async def test_loading_holds_until_served_again() -> None:
-    """A 503-loading holds traffic; a success that began before it proves nothing; a new one ends it."""
+    """A 503-loading holds traffic; an older success proves nothing; a newer one ends it."""
     async with running(ep()) as rig:
         begun = anyio.current_time()
         await anyio.sleep(0.5)
@@ -511,9 +517,14 @@ async def test_nothing_outlives_the_actor() -> None:
 # -- a property: what admission is told always matches the breaker --------------------------
 
 _STEP = st.one_of(
-    st.tuples(st.just("sample"), st.sampled_from(["success", "error", "timeout", "overload",
-                                                  "loading", "cancelled", "client_error"]),
-              st.booleans(), st.sampled_from([None, 0.5, 3.0])),
+    st.tuples(
+        st.just("sample"),
+        st.sampled_from(
+            ["success", "error", "timeout", "overload", "loading", "cancelled", "client_error"]
+        ),
+        st.booleans(),
+        st.sampled_from([None, 0.5, 3.0]),
+    ),
     st.tuples(st.just("sleep"), st.sampled_from([0.1, 0.5, 1.0, 2.5, 7.0])),
 )
 
@@ -533,8 +544,9 @@ def test_routing_always_follows_the_breaker(steps: list[tuple[Any, ...]]) -> Non
                     _, outcome, stale, retry_after = step
                     start = origin if stale else None
                     duration = anyio.current_time() - origin if stale else 0.2
-                    rig.sample(outcome, start=start, duration=max(duration, 0.0),
-                               retry_after=retry_after)
+                    rig.sample(
+                        outcome, start=start, duration=max(duration, 0.0), retry_after=retry_after
+                    )
                 await settle()
                 now = anyio.current_time()
                 breaker = rig.actor._breaker
@@ -544,6 +556,6 @@ def test_routing_always_follows_the_breaker(steps: list[tuple[Any, ...]]) -> Non
                 last = rig.states()[-1] if rig.states() else (0.0, "up", "healthy", None)
                 assert (last[3] is not None) == (state == "half_open")
                 states = rig.states()
-                assert all(a[1:] != b[1:] for a, b in zip(states, states[1:], strict=False))
+                assert all(a[1:] != b[1:] for a, b in itertools.pairwise(states))
 
     trio.run(program, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -286,6 +286,25 @@ def test_a_late_renewal_counts_the_lease_back_in(r: redis.Redis) -> None:
     assert holders(r) == [w.member]
 
 
+def test_a_late_answer_from_before_a_rejoin_is_given_back(r: redis.Redis) -> None:
+    """A grant whose answer predates a rejoin is given back, and the want queued again."""
+    a = Proc(r, "a", 1)
+    a.join(0)
+    w = a.want(0, 0)
+    a.book.go_offline()  # Redis lost...
+    a.join(1)  # ...and rejoined: the want is queued again
+    # A command sent before the loss reaches Redis only now and grants the
+    # want; its answer belongs to the old generation, so it is not applied.
+    late = a.send(2)
+    assert late[1] == [w.member.encode()]
+    assert w.state == "waiting"
+    assert a.book.disown(m.decode() for m in late[1])
+    a.sync(3)  # gives the slot back, queues the want again, grants it
+    assert w.state == "granted"
+    assert holders(r) == [w.member]
+    assert waiting(r) == []
+
+
 def test_control_elects_one_leader_and_shares_reports(r: redis.Redis) -> None:
     """The first process to ask leads; others see its report; expired reports vanish."""
     control = r.register_script(CONTROL)

@@ -137,6 +137,83 @@ async def test_openai_sdk_hundreds_of_requests_within_slots(
 
 
 @pytest.mark.anyio
+@asyncio_only
+async def test_probed_endpoint_learns_the_server_and_keeps_to_its_slots(
+    llama_server: LlamaServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Endpoint(probe=True) learns kind, model, window and slots; SDK traffic keeps to them."""
+    n = 200
+    ep = lmgate.Endpoint("llama", url=llama_server.url + "/v1", probe=True)
+    peaks: dict[str, float] = {}
+    stop = anyio.Event()
+    started = time.perf_counter()
+    async with lmgate.Scheduler([ep]) as sched:  # the default adaptive limit
+        learned_in = time.perf_counter() - started
+        (learned,) = sched.endpoints
+        assert (learned.kind, learned.models, learned.local) == ("llamacpp", (ALIAS,), True)
+        assert learned.window_for(ALIAS) == N_CTX
+        (before,) = sched.stats().endpoints
+        assert before.limit == SLOTS
+        assert before.discovery is not None
+        assert (before.discovery.state, before.discovery.slots) == ("learned", SLOTS)
+        assert learned.health is not None
+        report = await learned.health(learned)
+        assert getattr(report, "ok", False) is True
+        client = openai.AsyncOpenAI(
+            base_url="http://lmgate.invalid/v1",
+            api_key="unused",
+            max_retries=0,
+            http_client=httpx.AsyncClient(transport=SchedulingTransport(sched), timeout=120),
+        )
+
+        async def one(i: int) -> None:
+            messages = [{"role": "user", "content": f"hello world {i}"}]
+            if i % 2:
+                await client.chat.completions.create(
+                    model=ALIAS,
+                    messages=messages,
+                    max_tokens=8,  # type: ignore[arg-type]
+                )
+                return
+            s = await client.chat.completions.create(
+                model=ALIAS,
+                messages=messages,
+                max_tokens=8,
+                stream=True,  # type: ignore[arg-type]
+            )
+            async for _ in s:
+                pass
+
+        t0 = time.perf_counter()
+        async with client, anyio.create_task_group() as tg:
+            tg.start_soon(_metrics_sampler, llama_server.url, peaks, stop)
+            async with anyio.create_task_group() as calls:
+                for i in range(n):
+                    calls.start_soon(one, i)
+            stop.set()
+        elapsed = time.perf_counter() - t0
+        stats = sched.stats()
+        pool = sched.clients
+    assert pool.statistics().closed
+    (eps,) = stats.endpoints
+    assert stats.outcomes["completed"] == n
+    assert eps.peak_in_flight <= SLOTS
+    assert peaks["llamacpp:requests_processing"] <= SLOTS
+    assert peaks.get("llamacpp:requests_deferred", 0.0) == 0.0
+    figures = {
+        "probed_requests": n,
+        "learned_in_seconds": round(learned_in, 3),
+        "seconds": round(elapsed, 3),
+        "requests_per_second": round(n / elapsed, 1),
+        "limit_from_slots": before.limit,
+        "peak_in_flight_scheduler": eps.peak_in_flight,
+        "peak_processing_server": peaks["llamacpp:requests_processing"],
+    }
+    with capsys.disabled():
+        print("\ne2e probe figures:", json.dumps(figures))
+
+
+@pytest.mark.anyio
 async def test_oversize_prompt_raises_context_overflow(llama_server: LlamaServer) -> None:
     """An oversize prompt raises ContextOverflow with the server's numbers."""
     ep = lmgate.Endpoint("llama", url=llama_server.url, models=[ALIAS], limit=Fixed(SLOTS))
@@ -167,10 +244,15 @@ async def _wait_state(sched: lmgate.Scheduler, want_healthy: bool, limit: float)
 
 @pytest.mark.anyio
 @asyncio_only
+@pytest.mark.parametrize("checked_by", ["own_check", "probe"])
 async def test_kill_mid_stream_releases_leases_and_trips_breaker(
-    crashable_server: LlamaServer,
+    crashable_server: LlamaServer, checked_by: str
 ) -> None:
-    """Killing the server mid-stream frees every lease; restart heals the endpoint."""
+    """Killing the server mid-stream frees every lease; restart heals the endpoint.
+
+    Health comes from a hand-written check, or from the server's own route
+    learned by ``probe=True``.
+    """
     url = crashable_server.url
 
     async def health(_: lmgate.Endpoint) -> bool:
@@ -180,9 +262,12 @@ async def test_kill_mid_stream_releases_leases_and_trips_breaker(
         except httpx.HTTPError:
             return False
 
-    ep = lmgate.Endpoint(
-        "llama", url=url + "/v1", models=[ALIAS], kind="llamacpp", limit=Fixed(2), health=health
-    )
+    if checked_by == "probe":
+        ep = lmgate.Endpoint("llama", url=url + "/v1", limit=Fixed(2), probe=True)
+    else:
+        ep = lmgate.Endpoint(
+            "llama", url=url + "/v1", models=[ALIAS], kind="llamacpp", limit=Fixed(2), health=health
+        )
     errors: list[BaseException] = []
     async with lmgate.Scheduler([ep]) as sched:
         client = openai.AsyncOpenAI(
@@ -228,3 +313,8 @@ async def test_kill_mid_stream_releases_leases_and_trips_breaker(
         stats = sched.stats()
     assert stats.in_flight == 0
     assert stats.submitted == sum(stats.outcomes.values())
+    if checked_by == "probe":
+        (eps,) = stats.endpoints
+        assert eps.discovery is not None
+        assert eps.discovery.failures >= 1  # the cache was dropped when it failed
+        assert eps.discovery.state == "learned"

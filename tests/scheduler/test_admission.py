@@ -9,8 +9,18 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from lmgate import Endpoint, EndpointUnavailable, InvalidParameter, Rejected, SchedulerClosed
+from lmgate import (
+    Endpoint,
+    EndpointUnavailable,
+    InvalidParameter,
+    Overloaded,
+    Rejected,
+    SchedulerClosed,
+)
 from lmgate.policies import Fixed, Sample
 from lmgate.scheduler import Lease, Scheduler
 from lmgate.scheduler._admission import Admission, EndpointSlot
@@ -485,3 +495,161 @@ def test_bad_scheduler_config(field: str, kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidParameter) as info:
         Scheduler(endpoints, **args)
     assert info.value.field == field
+
+
+# -- a rule-based state machine over the synchronous core -----------------------------------
+
+
+class AdmissionMachine(RuleBasedStateMachine):
+    """Random submits, releases, departures, limit and health changes, and close.
+
+    After every rule: the counters add up, no endpoint took a new lease while
+    at or over its limit, the queue is work-conserving (nobody waits for a
+    model while an endpoint serving it is up with room, or while all of them
+    are down), and every grant went to the most urgent waiter it could serve.
+    """
+
+    AGING = 2.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adm, self.clock = _admission(
+            ("a", ("x", "y"), 1), ("b", ("y",), 1), ("c", ("z",), 1), queue_size=6, aging=self.AGING
+        )
+        self.leases: list[Lease] = []
+        self.waiters: list[Waiter] = []
+        self.order: dict[int, int] = {}  # id(waiter) -> submission order
+        self.seq = 0
+        self.before: list[int] = []
+
+    def _key(self, w: Waiter) -> tuple[float, int]:
+        return (w.enqueued_at + w.priority * self.AGING, self.order[id(w)])
+
+    def _start(self) -> None:
+        self.before = [s.in_flight for s in self.adm.slots]
+        self.queued_before = [w for w in self.waiters if w.queued]
+
+    def _collect(self) -> None:
+        """Move granted waiters to the leases; check each grant's urgency."""
+        granted = [w for w in self.waiters if w.lease is not None]
+        still = [w for w in self.waiters if w.queued]
+        for w in granted:
+            assert w.event.is_set  # type: ignore[attr-defined]
+            lease = w.lease
+            assert lease is not None
+            slot = lease._slot
+            assert w.model in slot.models
+            for v in still:
+                if v.model in slot.models and v in self.queued_before:
+                    assert self._key(w) < self._key(v), (w, v)
+            self.leases.append(lease)
+        for w in self.waiters:
+            if not w.queued and w.lease is None:
+                assert w.error is None or w.event.is_set  # type: ignore[attr-defined]
+        self.waiters = still
+
+    @rule(
+        requests=st.lists(
+            st.tuples(
+                st.sampled_from(["x", "x", "y", "z", "nobody"]),
+                st.integers(-2, 2),
+                st.one_of(st.none(), st.floats(0, 10)),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def submit(self, requests: list[tuple[str, int, float | None]]) -> None:
+        for model, priority, timeout in requests:
+            self._start()
+            now = self.clock.now
+            deadline = math.inf if timeout is None else now + timeout
+            try:
+                got = self.adm.submit(model, priority, deadline, now)
+            except (EndpointUnavailable, Rejected, SchedulerClosed):
+                continue
+            if isinstance(got, Lease):
+                assert model in got._slot.models
+                self.leases.append(got)
+            else:
+                self.seq += 1
+                self.order[id(got)] = self.seq
+                self.waiters.append(got)
+            self.clock.now += 0.25
+
+    @rule(pick=st.integers(0, 99), how=st.sampled_from(["ok", "error", "overload", "cancel"]))
+    def finish(self, pick: int, how: str) -> None:
+        live = [lease for lease in self.leases if not lease.released]
+        if not live:
+            return
+        self._start()
+        lease = live[pick % len(live)]
+        if how == "ok":
+            self.adm.finish(lease, None)
+        elif how == "error":
+            self.adm.finish(lease, RuntimeError("x"))
+        elif how == "overload":
+            self.adm.finish(lease, Overloaded(retry_after=1.0))
+        else:
+            self.adm.finish(lease, None, outcome="cancelled", result="cancelled")
+        self._collect()
+
+    @rule(pick=st.integers(0, 99), outcome=st.sampled_from(["cancelled", "deadline_exceeded"]))
+    def leave(self, pick: int, outcome: str) -> None:
+        if not self.waiters:
+            return
+        self._start()
+        self.adm.leave(self.waiters[pick % len(self.waiters)], outcome)
+        self._collect()
+
+    @rule(index=st.integers(0, 2), limit=st.integers(0, 4))
+    def set_limit(self, index: int, limit: int) -> None:
+        self._start()
+        self.adm.set_limit(index, limit, self.clock.now)
+        self.adm.dispatch(self.clock.now)
+        self._collect()
+
+    @rule(
+        index=st.integers(0, 2),
+        routing=st.sampled_from(["up", "up", "held", "down"]),
+        trials=st.sampled_from([None, None, 1]),
+    )
+    def set_state(self, index: int, routing: Any, trials: int | None) -> None:
+        self._start()
+        self.adm.set_state(index, routing, routing, trials, self.clock.now)
+        self.adm.dispatch(self.clock.now)
+        self._collect()
+
+    @rule(dt=st.floats(0, 5))
+    def tick(self, dt: float) -> None:
+        self.clock.now += dt
+
+    @precondition(lambda self: self.seq >= 12)
+    @rule()
+    def close(self) -> None:
+        self._start()
+        self.adm.close()
+        self._collect()
+        assert self.adm.queued == 0
+
+    @invariant()
+    def counters_add_up(self) -> None:
+        check(self.adm)
+
+    @invariant()
+    def no_grant_past_a_limit(self) -> None:
+        for slot, before in zip(self.adm.slots, self.before or [0, 0, 0], strict=True):
+            if slot.in_flight > slot.effective_limit:
+                assert slot.in_flight <= before, slot.endpoint.name
+
+    @invariant()
+    def work_conserving(self) -> None:
+        adm = self.adm
+        for model in adm.queue.models_waiting():
+            slots = adm.by_model[model]
+            assert not any(s.has_room() for s in slots), model
+            assert any(s.routing != "down" for s in slots), model
+
+
+TestAdmissionMachine = AdmissionMachine.TestCase
+TestAdmissionMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

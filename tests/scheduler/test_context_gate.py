@@ -22,6 +22,7 @@ from lmgate.policies.context import (
     SlidingWindow,
 )
 from lmgate.scheduler._admission import Admission, EndpointSlot
+from lmgate.scheduler._context_gate import window_fits
 from lmgate.scheduler._lease import Waiter
 
 from ._support import check_identity, endpoint
@@ -250,6 +251,13 @@ async def test_bad_prompt_is_refused_and_nothing_counted(
         assert sched.stats().submitted == 0
 
 
+def test_context_setting_is_validated() -> None:
+    """``context=`` takes a strategy or a ContextConfig, nothing else."""
+    with pytest.raises(InvalidParameter) as info:
+        Scheduler([small()], context="sliding")  # type: ignore[arg-type]
+    assert info.value.field == "context"
+
+
 async def test_counter_calibrates_from_usage_reports() -> None:
     """After enough prompt_tokens reports the endpoint's own ratio prices the prompt."""
     msgs = [{"role": "user", "content": "z" * 4000}]
@@ -306,29 +314,26 @@ def test_admission_never_grants_a_window_too_small(
     slots = [
         EndpointSlot(
             i,
-            Endpoint(f"e{i}", url="http://127.0.0.1:9", models=["m"], context_window=w),
+            Endpoint(f"e{i}", url="http://127.0.0.1:9", models=("m",), context_window=w),
             lim,
             None,
         )
         for i, (w, lim) in enumerate(zip(windows, limits, strict=False))
     ]
     adm = Admission(slots, queue_size=20, aging=1.0, clock=lambda: now[0], new_event=_Event)
-    needs: dict[int, int | None] = {}
+    needs: dict[Lease, int | None] = {}  # leases hash by identity
     waiters: list[Waiter] = []
     for op, arg, priority in ops:
         now[0] += 1.0
         if op == "submit":
-            if not any(
-                s.endpoint.window_for("m") is None or s.endpoint.window_for("m") >= (arg or 0)
-                for s in slots
-            ):
+            if not any(window_fits(s, "m", arg) for s in slots):
                 continue  # the gate refuses these before admission
             try:
                 got = adm.submit("m", priority, math.inf, now[0], min_window=arg)
             except Exception:
                 continue
             if isinstance(got, Lease):
-                needs[id(got)] = arg
+                needs[got] = arg
             else:
                 waiters.append(got)
         elif op == "finish" and adm.live:
@@ -339,10 +344,10 @@ def test_admission_never_grants_a_window_too_small(
             adm.dispatch(now[0])
         for w in waiters:
             if w.lease is not None:
-                needs.setdefault(id(w.lease), w.min_window)
+                needs[w.lease] = w.min_window
         assert adm.submitted == sum(adm.outcomes.values()) + adm.queued + adm.in_flight
         for lease in adm.live:
-            need = needs[id(lease)]
+            need = needs[lease]
             window = lease._slot.endpoint.window_for("m")
             assert need is None or window is None or window >= need
         queued = [w for w in waiters if w.queued]

@@ -16,7 +16,7 @@ from lmgate import Rejected
 from lmgate.actors._resources import ResourceRecommendationChanged
 from lmgate.policies import Fixed
 from lmgate.policies.resources import ResourceGuard, ResourceReadings
-from lmgate.scheduler._pressure import QueueShed
+from lmgate.scheduler._pressure import QueueShed, ResourcesStatistics
 from lmgate.sim import Dist, SimServer
 
 from ._support import check_identity
@@ -28,6 +28,11 @@ MODEL = "sim-8b"
 def run_virtual(fn: Callable[[], Awaitable[Any]]) -> Any:
     clock = trio.testing.MockClock(autojump_threshold=0)
     return anyio.run(fn, backend="trio", backend_options={"clock": clock})
+
+
+def resources(stats: lmgate.Stats) -> ResourcesStatistics:
+    assert stats.resources is not None
+    return stats.resources
 
 
 def memory(fraction: float) -> ResourceReadings:
@@ -119,7 +124,9 @@ def test_a_memory_squeeze_sheds_low_priority_first_pauses_and_recovers() -> None
 
     r = run_virtual(main)
     changes = [
-        (e.at, e.recommendation) for e in r["events"] if isinstance(e, ResourceRecommendationChanged)
+        (e.at, e.recommendation)
+        for e in r["events"]
+        if isinstance(e, ResourceRecommendationChanged)
     ]
     assert changes == [
         (10.0, "reduce_context"),
@@ -140,19 +147,23 @@ def test_a_memory_squeeze_sheds_low_priority_first_pauses_and_recovers() -> None
         return sum(1 for t, p in r["started"] if lo <= t < hi and p == priority)
 
     # Before the squeeze and while contexts shrink, everyone is served.
-    assert starts("calm", 0) > 0 and starts("calm", 2) > 0
+    assert starts("calm", 0) > 0
+    assert starts("calm", 2) > 0
     assert starts("reduce", 2) > 0
     # Shedding: low priority stops, high priority goes on.
     assert starts("shed", 2) == 0
     assert starts("shed", 0) > 0
     shed_refusals = [e for e in r["ended"] if e[2] == "rejected:shed"]
-    assert shed_refusals and all(p == 2 for _, p, _ in shed_refusals)
+    assert shed_refusals
+    assert all(p == 2 for _, p, _ in shed_refusals)
     assert all(20.0 <= t < 35.0 for t, _, _ in shed_refusals)
     # Paused: nothing starts at all; queued high-priority work waits, then goes.
-    assert starts("pause", 0) == 0 and starts("pause", 2) == 0
+    assert starts("pause", 0) == 0
+    assert starts("pause", 2) == 0
     assert any(t == 35.0 and p == 0 for t, p in r["started"])
     # Recovery: both priorities are served again.
-    assert starts("after", 0) > 0 and starts("after", 2) > 0
+    assert starts("after", 0) > 0
+    assert starts("after", 2) > 0
     # High priority is never refused for pressure, and nothing failed.
     assert not [e for e in r["ended"] if e[1] == 0 and e[2] != "completed"]
     # stats() tracked it: factor halves from reduce_context, paused only at the worst.
@@ -180,7 +191,7 @@ async def squeeze_one_endpoint(readings: Feed) -> None:
         await gate.wait()
         return lease.priority
 
-    ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=["m"])  # no local listener
+    ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=("m",))  # no local listener
     async with lmgate.Scheduler(
         [ep], limit=Fixed(1), resources=ResourceGuard(min_hold=0.0),
         resource_interval=0.001, resource_reader=readings,
@@ -210,7 +221,7 @@ async def squeeze_one_endpoint(readings: Feed) -> None:
             await anyio.wait_all_tasks_blocked()
             s = sched.stats()
             check_identity(s)
-            assert (s.in_flight, s.queued, s.resources.paused) == (0, 1, True)
+            assert (s.in_flight, s.queued, resources(s).paused) == (0, 1, True)
             with pytest.raises(Rejected) as info:
                 await sched.run(call, model="m", priority=1)
             assert info.value.reason == "shed"
@@ -219,7 +230,7 @@ async def squeeze_one_endpoint(readings: Feed) -> None:
         s = sched.stats()
         check_identity(s)
         assert s.outcomes["rejected"] == 2
-        assert (s.resources.shed, s.resources.evicted) == (1, 1)
+        assert (resources(s).shed, resources(s).evicted) == (1, 1)
         while (e := sub.get_nowait()) is not None:
             readings.seen.append(e)
         shed = [e for e in readings.seen if isinstance(e, QueueShed)]
@@ -266,7 +277,7 @@ def test_the_plain_path_stays_plain() -> None:
 
 async def shed_then_calm(readings: Feed) -> list[bool]:
     seen: list[bool] = []
-    ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=["m"])
+    ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=("m",))
     async with lmgate.Scheduler(
         [ep], resources=ResourceGuard(min_hold=0.0), resource_interval=1.0,
         resource_reader=readings,
@@ -280,7 +291,7 @@ async def shed_then_calm(readings: Feed) -> list[bool]:
         seen.append(adm.watch is not None)
         await readings.push(memory(0.5), sub)
         seen.append(adm.watch is not None)
-        assert math.isclose(sched.stats().resources.context_factor, 1.0)
+        assert math.isclose(resources(sched.stats()).context_factor, 1.0)
     return seen
 
 

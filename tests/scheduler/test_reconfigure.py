@@ -227,7 +227,8 @@ async def test_from_config_precedence_and_overrides(tmp_path: Path) -> None:
     """File, then env, then keyword overrides; ``__`` or ``.`` separate the levels."""
     path = _file(tmp_path)
     env = {"LMGATE_QUEUE__SIZE": "7", "LMGATE_QUEUE__AGING": "3.0"}
-    sched = Scheduler.from_config(path, env=env, queue__size=9, **{"limit.limit": 4})
+    dotted: dict[str, Any] = {"limit.limit": 4}
+    sched = Scheduler.from_config(path, env=env, queue__size=9, **dotted)
     async with sched:
         stats = sched.stats()
         assert stats.queue_size == 9

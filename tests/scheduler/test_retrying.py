@@ -240,7 +240,7 @@ def test_closing_ends_a_request_waiting_to_retry() -> None:
             assert sched.stats().queued == 0
             assert sched.stats().outcomes["closed"] == 1
 
-    _, stats = virtual(body, [endpoint("a", "m")], retry=Retry(base=5.0, jitter=0.0))
+    virtual(body, [endpoint("a", "m")], retry=Retry(base=5.0, jitter=0.0))
     assert len(got) == 1
     assert len(call.attempts) == 1
 
@@ -313,15 +313,15 @@ def test_every_request_ends_once_whatever_its_attempts_do(
     ended: list[tuple[str, float, float]] = []
     scripts = [Script(*kinds) for kinds, *_ in requests]
 
-    async def one(script: Script, model: str, idem: bool, timeout: float | None, at: float) -> None:
+    async def one(script: Script, model: str, idem: bool, seconds: float | None, at: float) -> None:
         await anyio.sleep(at)
         begin = anyio.current_time()
         outcome = "completed"
         try:
-            await sched_ref[0].run(script, model=model, timeout=timeout, idempotent=idem)
+            await sched_ref[0].run(script, model=model, timeout=seconds, idempotent=idem)
         except Exception as exc:
             outcome = type(exc).__name__
-        deadline = math.inf if timeout is None else begin + timeout
+        deadline = math.inf if seconds is None else begin + seconds
         ended.append((outcome, anyio.current_time(), deadline))
 
     sched_ref: list[Scheduler] = []

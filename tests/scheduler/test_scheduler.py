@@ -51,10 +51,14 @@ async def _sleep_forever(lease: Lease) -> None:
     await anyio.sleep_forever()
 
 
+async def _identity(lease: Lease) -> str:
+    return lease.endpoint.name
+
+
 async def _until(condition: Callable[[], bool], *, within: float = 600.0) -> None:
     """Let virtual time pass until ``condition`` holds (the actor's policies decide when)."""
     with anyio.fail_after(within):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - the actor's state has no event to wait on
             await anyio.sleep(0.25)
 
 
@@ -139,14 +143,10 @@ async def test_unknown_model_and_full_queue() -> None:
             tg.cancel_scope.cancel()
         stats = sched.stats()
         check_identity(stats)
-        assert stats.outcomes == {
-            "completed": 0,
-            "failed": 0,
+        assert {k: n for k, n in stats.outcomes.items() if n} == {
             "rejected": 1,
-            "deadline_exceeded": 0,
             "cancelled": 2,
             "unavailable": 1,
-            "closed": 0,
         }
 
 
@@ -254,7 +254,7 @@ async def test_body_exception_propagates_unwrapped() -> None:
 async def test_cancelled_body_closes_cleanly() -> None:
     """An outer cancellation of the body closes the scheduler and stays the outer scope's."""
     with anyio.CancelScope() as outer:
-        async with _sched() as sched:
+        async with _sched():
             outer.cancel()
             await anyio.sleep_forever()
     assert outer.cancelled_caught
@@ -264,11 +264,15 @@ async def test_cancelled_body_closes_cleanly() -> None:
 
 async def test_actor_crash_is_raised() -> None:
     """A limit policy that raises crashes its actor, and that error leaves __aexit__."""
-    with pytest.raises(BaseExceptionGroup) as info:
+
+    async def crash() -> None:
         async with Scheduler([endpoint("a", "m")], limit=_Crashy()) as sched:
             lease = await sched.acquire(model="m")
             lease.release()
             await anyio.sleep_forever()
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await crash()
     assert info.group_contains(RuntimeError, match="policy bug")
     assert lmgate_tasks() == []
 
@@ -363,6 +367,58 @@ async def test_cancelled_while_queued_leaves_at_once() -> None:
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("cancel_first", [False, True])
+async def test_grant_and_cancel_in_the_same_instant(cancel_first: bool) -> None:
+    """A waiter granted and cancelled before it runs gives the slot on; nothing leaks."""
+    ran: list[str] = []
+
+    async def note(tag: str, lease: Lease) -> None:
+        ran.append(tag)
+        await anyio.lowlevel.checkpoint()
+
+    async with _sched(1) as sched, anyio.create_task_group() as tg:
+        holder = await sched.acquire(model="m")
+        scope = anyio.CancelScope()
+
+        async def b() -> None:
+            with scope:
+                await sched.run(functools.partial(note, "b"), model="m")
+
+        tg.start_soon(b)
+        await _settle()
+        _start(tg, sched.run, functools.partial(note, "c"), model="m")
+        await _settle()
+        assert sched.stats().queued == 2
+        # No await between these two: on one event loop they are one instant.
+        if cancel_first:
+            scope.cancel()
+            holder.release()
+        else:
+            holder.release()
+            scope.cancel()
+        await _settle()
+        stats = sched.stats()
+        check_identity(stats)
+        assert (stats.queued, stats.in_flight) == (0, 0)
+        assert stats.outcomes["cancelled"] == 1
+        assert stats.outcomes["completed"] == 2
+        assert "c" in ran
+
+
+async def test_acquire_deadline_and_transport_timeout() -> None:
+    """acquire() keeps its deadline while queued; a transport's DeadlineExceeded counts as one."""
+    async with _sched(1) as sched:
+        held = await sched.acquire(model="m", timeout=60)
+        assert held.deadline != math.inf
+        with pytest.raises(DeadlineExceeded):
+            await sched.acquire(model="m", timeout=0.01)
+        held.release(DeadlineExceeded("the transport gave up at the deadline"))
+        stats = sched.stats()
+        check_identity(stats)
+        assert stats.outcomes["deadline_exceeded"] == 2
+        assert stats.in_flight == 0
+
+
 async def test_no_lmgate_task_survives_exit() -> None:
     """The controller, the actors and their helpers all end inside __aexit__."""
     eps = [endpoint("a", "m"), endpoint("b", "m"), endpoint("c", "n")]
@@ -389,7 +445,7 @@ async def test_stats_snapshot_is_frozen_and_encodable() -> None:
     decoded = msgspec.json.decode(msgspec.json.encode(after))
     assert decoded["submitted"] == 1
     assert decoded["endpoints"][0]["name"] == "a"
-    assert set(after.outcomes) == {
+    assert set(after.outcomes) >= {
         "completed",
         "failed",
         "rejected",
@@ -509,6 +565,24 @@ class TestVirtualTime:
             assert stats.outcomes["deadline_exceeded"] == 1
             await _settle()
             assert sched.stats().endpoints[0].by_class["timeout"] == 1
+
+    async def test_release_and_deadline_at_the_same_instant(self) -> None:
+        """A slot freed at the very instant a waiter's deadline passes is not lost."""
+        async with _sched(1) as sched, anyio.create_task_group() as tg:
+
+            async def hold(lease: Lease) -> None:
+                await anyio.sleep(5)
+
+            _start(tg, sched.run, hold, model="m")
+            await _settle()
+            with pytest.raises(DeadlineExceeded):
+                await sched.run(_sleep_forever, model="m", timeout=5)
+            assert anyio.current_time() == 5.0
+            await _settle()
+            stats = sched.stats()
+            check_identity(stats)
+            assert (stats.queued, stats.in_flight) == (0, 0)
+            assert await sched.run(_identity, model="m", timeout=0.5) == "a"
 
     async def test_cancel_while_queued_takes_no_time(self) -> None:
         """Leaving the queue on cancellation happens at the instant of the cancel."""

@@ -11,7 +11,6 @@ scheduler's memory at 20,000 requests is what it is at 100,000.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import random
@@ -21,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -40,6 +40,16 @@ from lmgate.sim import Dist, SimServer
 
 from ._support import lmgate_tasks
 
+#: The outcomes the issue names; each must occur for the soak to count.
+OUTCOMES = (
+    "completed",
+    "failed",
+    "rejected",
+    "deadline_exceeded",
+    "cancelled",
+    "unavailable",
+    "closed",
+)
 TOTAL = 100_000
 EARLY = 20_000
 CLIENTS = 200
@@ -170,7 +180,7 @@ async def _client(
         api = rng.random()
         give_up = rng.uniform(0.0, 3.0) if rng.random() < 0.02 else 120.0
 
-        async def call(lease: Lease) -> object:
+        async def call(lease: Lease, fault: float = fault) -> object:
             if fault < 0.01:
                 raise Boom
             if fault < 0.015:
@@ -257,6 +267,7 @@ async def _soak() -> tuple[Scheduler, Watch, Figures, float]:
     return sched, watch, figures, trio.current_time()
 
 
+@pytest.mark.timeout(900)
 def test_soak_100k_requests() -> None:
     """100k requests over faulty servers: identity every step, deadlines kept, memory flat."""
     tracemalloc.start(1)
@@ -291,9 +302,9 @@ def test_soak_100k_requests() -> None:
     assert {k: v for k, v in stats.outcomes.items() if v} == dict(figures.seen)
     assert figures.late == []
     # Every kind of ending happened, so the run exercised every path.
-    for outcome in stats.outcomes:
+    for outcome in OUTCOMES:
         assert stats.outcomes[outcome] > 0, outcome
     # Memory of the scheduler does not grow with the number of requests.
     early, late = figures.memory[EARLY], figures.memory[TOTAL]
     assert late <= early * 1.10 + 64 * 1024, figures.memory
-    assert figures.heap_entries[TOTAL] <= 2 * 128 + 64 * 2
+    assert figures.heap_entries[TOTAL] <= 2 * 128 + 64 * 3  # compaction bound, 3 models

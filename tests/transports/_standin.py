@@ -56,6 +56,7 @@ class StandInScheduler:
         self.max_in_flight = 0
         self.leases: list[StandInLease] = []
         self.calls: list[dict[str, Any]] = []
+        self.prompts: list[tuple[int, int | None]] = []
         self.refuse = refuse
 
     async def acquire(
@@ -64,8 +65,12 @@ class StandInScheduler:
         model: str,
         priority: int = 0,
         timeout: float | None = None,  # noqa: ASYNC109 -- the scheduler's signature
+        messages: Sequence[Any] | None = None,
+        max_tokens: int | None = None,
     ) -> StandInLease:
         self.calls.append({"model": model, "priority": priority, "timeout": timeout})
+        if messages is not None:
+            self.prompts.append((len(messages), max_tokens))
         if self.refuse is not None:
             raise self.refuse
         for ep in self.endpoints:

@@ -73,6 +73,7 @@ async def test_rewrites_onto_granted_endpoint(monkeypatch: pytest.MonkeyPatch) -
     assert json.loads(out.content)["model"] == "llama3:8b"
     assert int(out.headers["content-length"]) == len(out.content)
     assert sched.calls == [{"model": "m", "priority": 3, "timeout": 12.5}]
+    assert sched.prompts == [(1, None)]
 
 
 @pytest.mark.anyio
