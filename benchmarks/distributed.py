@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 import lmgate
 from lmgate.coordination import Redis
@@ -114,25 +115,29 @@ def _endpoints() -> list[lmgate.Endpoint]:
 
 
 async def worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Call the endpoint from ``tasks`` tasks between two wall-clock instants."""
+    """Once joined, say so; then call from ``tasks`` tasks in the window the parent sends."""
     coord = None
     if cfg["redis"]:
         coord = Redis(cfg["redis"], lease_ttl=5.0, key_prefix=cfg["prefix"], rejoin_delay=0.0)
     done = 0
     limit = Fixed(cfg["limit"])
     async with lmgate.Scheduler(_endpoints(), limit=limit, coordinator=coord) as sched:
+        while coord is not None and coord.link.mode != "connected":  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        print("ready", flush=True)
+        start, end = map(float, (await anyio.to_thread.run_sync(sys.stdin.readline)).split())
 
         async def call(lease: lmgate.Lease) -> None:
             await call_endpoint(cfg["port"], cfg["hold"])
 
         async def task() -> None:
             nonlocal done
-            while time.time() < cfg["end"]:
+            while time.time() < end:
                 await sched.run(call, model="m")
-                if cfg["start"] <= time.time() <= cfg["end"]:
+                if start <= time.time() <= end:
                     done += 1
 
-        await anyio.sleep(max(0.0, cfg["start"] - 0.5 - time.time()))
+        await anyio.sleep(max(0.0, start - 0.5 - time.time()))
         async with anyio.create_task_group() as tg:
             for _ in range(cfg["tasks"]):
                 tg.start_soon(task)
@@ -192,30 +197,41 @@ def throughput(
 ) -> dict[str, Any]:
     """Calls per second of ``processes`` workers; without Redis each gets limit / N."""
     per_process = LIMIT if redis_url else LIMIT // processes
-    start = time.time() + 2.0 + 0.3 * processes  # time for every process to start and join
     cfg = {
         "redis": redis_url,
-        "prefix": f"bench-t{processes}-{int(start)}",
+        "prefix": f"bench-t{processes}-{time.time_ns()}",
         "port": endpoint.port,
         "hold": hold,
         "limit": per_process,
         "tasks": 2 * LIMIT,
-        "start": start,
-        "end": start + seconds,
     }
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--worker", json.dumps(cfg)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
         )
         for _ in range(processes)
     ]
+    for proc in procs:  # every process started and joined before the clock runs
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit("a worker failed to start")
+    start = time.time() + 1.0
+    window = f"{start} {start + seconds}\n"
+    outs = []
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(window)
+        proc.stdin.flush()
     time.sleep(max(0.0, start - time.time()))
     endpoint.reset()
-    outs = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        outs.append(json.loads(out.strip().splitlines()[-1]))
     total = sum(o["completed"] for o in outs)
     ideal = LIMIT / hold
     return {

@@ -150,7 +150,7 @@ class EndpointConfig(
     context_window: int | None = None
     context_windows: dict[str, int] = {}
     limit: LimitConfig | None = None
-    probe: bool = False
+    probe: bool = True
     ports: list[int] = []
     warmup: bool = False
     connect_timeout: float = 5.0

@@ -77,6 +77,7 @@ def test_file_builds_endpoints_and_policies(tmp_path: Path) -> None:
         models=("llama-3-8b",),
         local=True,
         context_window=4096,
+        probe=True,
     )
     assert cloud.limit == Fixed(32)
     assert cloud.api_key_env == "OPENAI_API_KEY"

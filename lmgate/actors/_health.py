@@ -106,7 +106,6 @@ class HealthMonitor:
         "_schedule",
         "_send",
         "_target",
-        "_urgent",
         "searches",
     )
 
@@ -133,12 +132,10 @@ class HealthMonitor:
         self._refused = 0
         self._addresses: tuple[str, ...] | None = None
         self._replan = anyio.Event()
-        self._urgent = False
         self.searches = 0
 
-    def replan(self, *, urgent: bool = False) -> None:
-        """The breaker changed state (or a call was refused): plan the next probe again."""
-        self._urgent = self._urgent or urgent
+    def replan(self) -> None:
+        """The breaker changed state: plan the next probe again."""
         self._replan.set()
 
     async def run(self) -> None:
@@ -167,9 +164,6 @@ class HealthMonitor:
         """Sleep until the next probe is due, re-planning when the breaker moves."""
         start = anyio.current_time()
         while True:
-            if self._urgent:
-                self._urgent = False
-                return
             now = anyio.current_time()
             state, until = self._pace(now)
             delay = self._schedule.next_probe_delay(

@@ -22,7 +22,12 @@ specific figures both have.  Cancelled, client-error and loading outcomes
 are not samples.  Overload, error and timeout are drops, never latencies:
 the first drop of a request granted since the last cut cuts the limit by
 ``backoff`` at once, so a fast failure can neither look healthy nor cut
-twice for one overload.
+twice for one overload.  A timeout alone is weaker news: a request that
+ran into its caller's deadline may have spent that deadline queueing, or
+be writing a long answer.  It cuts only once timeouts make up
+``timeout_share`` of the last few finished requests (``timeout_share`` 0:
+every fresh one cuts) -- the share a black hole or a server too slow for
+its callers reaches at once, and stray long answers never do.
 
 How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
 
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from typing import Final, final
 
 import msgspec
@@ -75,6 +81,8 @@ from lmgate.policies._windows import (
 __all__ = ["Adaptive", "AdaptiveState"]
 
 _NAN: Final = math.nan
+#: Finished requests (successes and timeouts) over which timeouts are counted.
+_TIMEOUT_SPAN: Final = 16
 
 
 @final
@@ -98,6 +106,7 @@ class Adaptive(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     settle: float = 1.0
     jump: float = 0.25
     backoff: float = 0.9
+    timeout_share: float = 0.25
     smoothing: float = 0.2
     window: float = 1.0
     window_samples: int = 8
@@ -120,6 +129,7 @@ class Adaptive(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         check_float("backoff", self.backoff, low=0.1)
         if self.backoff >= 1.0:
             raise InvalidParameter("backoff must be < 1", field="backoff")
+        check_float("timeout_share", self.timeout_share, low=0.0, high=1.0)
         check_float("smoothing", self.smoothing, low=0.0, high=1.0)
         check_float("window", self.window, low=0.0, high=3600.0)
         check_int("window_samples", self.window_samples, low=1, high=100_000)
@@ -151,6 +161,7 @@ class AdaptiveState:
         "_pending",
         "_probe_level",
         "_ratio",
+        "_recent",
         "_ref",
         "_rng",
         "_run",
@@ -180,6 +191,7 @@ class AdaptiveState:
         self._cut_epoch = -math.inf
         self._window_start = -math.inf
         self._obs: list[Reading] = []
+        self._recent: deque[bool] = deque(maxlen=_TIMEOUT_SPAN)  # True: a timeout
         self._counts = dict.fromkeys(
             ("samples", "drops", "windows", "cuts", "shifts", "probes", "kept", "aborted"), 0
         )
@@ -199,12 +211,14 @@ class AdaptiveState:
         if outcome in DROPS:
             self._counts["samples"] += 1
             self._counts["drops"] += 1
-            if sample.start >= self._cut_epoch:
+            fresh = sample.start >= self._cut_epoch
+            if fresh and (outcome != "timeout" or self._timeouts_pile_up()):
                 self._cut(now)
             return self.limit
         if outcome != "success":
             return self.limit
         self._counts["samples"] += 1
+        self._recent.append(False)
         obs = read_sample(sample, self._config.prompt_scale)
         if obs is None or sample.start < self._epoch or obs.in_flight > self.limit:
             return self.limit
@@ -384,12 +398,20 @@ class AdaptiveState:
         spread = config.probe_jitter * self._rng.uniform(-1.0, 1.0)
         self._next_probe = now + config.probe_interval * (1.0 + spread)
 
+    def _timeouts_pile_up(self) -> bool:
+        """Count a fresh timeout; whether they now make ``timeout_share`` of the last few."""
+        share = self._config.timeout_share
+        recent = self._recent
+        recent.append(True)
+        return sum(recent) >= max(1, math.ceil(share * _TIMEOUT_SPAN))
+
     def _cut(self, now: float) -> None:
         """A fresh drop: back off from the lower of the held and probed limits."""
         base = min(self._limit, self.limit)
         cut = int(base * self._config.backoff)
         self._limit = max(self._config.min_limit, min(cut, base - 1))
         self._counts["cuts"] += 1
+        self._recent.clear()
         self._startup = False
         self._ref = self._before = None
         self._cut_epoch = now

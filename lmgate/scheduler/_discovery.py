@@ -127,7 +127,27 @@ class Discovery:
         if replaced:
             _apply(sched, replaced)
         for i, ep in wanted:
-            self._announce(self._records[ep.name], sched, i, now)
+            self._announce(self._records[ep.name], sched._admission.slots[i].limit, now)
+
+    async def learn_endpoint(
+        self, ep: Endpoint, default: LimitPolicy, *, probe_timeout: float | None = None
+    ) -> Endpoint:
+        """``ep`` as it should run, probed now if it asks to be (within the start deadline).
+
+        For an endpoint that joins a running scheduler (a new config): the
+        caller builds its limit state and actor from the returned endpoint,
+        whose ``limit`` already carries the slot count when there is one.
+        """
+        if not ep.probe:
+            return ep
+        if probe_timeout is not None:
+            self._timeout = probe_timeout
+        found = await self._probe_all([(0, ep)])
+        now = anyio.current_time()
+        rec = self._records[ep.name] = EndpointRecord(ep.name, ep.url)
+        learned = self._learned(ep, rec, found.get(0), now, default)
+        self._announce(rec, _starting_limit(learned.limit or default), now)
+        return learned
 
     async def _probe_all(
         self, wanted: list[tuple[int, Endpoint]]
@@ -187,7 +207,7 @@ class Discovery:
             refresh_interval=self._interval,
         )
 
-    def _announce(self, rec: EndpointRecord, sched: Scheduler, index: int, now: float) -> None:
+    def _announce(self, rec: EndpointRecord, limit: int | None, now: float) -> None:
         info = rec.info
         if info is None:
             self._events.publish(
@@ -196,7 +216,6 @@ class Discovery:
                 )
             )
             return
-        slot = sched._admission.slots[index]
         self._events.publish(
             EndpointDiscovered(
                 at=now,
@@ -206,13 +225,20 @@ class Discovery:
                 models=info.models,
                 context_windows=dict(info.context_windows),
                 slots=info.slots,
-                limit=slot.limit if info.slots else None,
+                limit=limit if info.slots else None,
             )
         )
 
     def __repr__(self) -> str:
         learned = sum(r.state == "learned" for r in self._records.values())
         return f"<Discovery endpoints={len(self._records)} learned={learned}>"
+
+
+def _starting_limit(policy: LimitPolicy) -> int | None:
+    if isinstance(policy, Fixed):
+        return policy.limit
+    start = getattr(policy, "initial_limit", None)
+    return start if isinstance(start, int) else None
 
 
 def _apply(sched: Scheduler, replaced: dict[int, Endpoint]) -> None:

@@ -84,7 +84,8 @@ class DiscoveryStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """One probed endpoint as discovery sees it (``None`` in stats otherwise).
 
     ``state`` is ``learned`` once a probe answered (at start or later),
-    else ``pending``, ``unreachable``, ``timed_out`` or ``invalid``.
+    else what the probe at start found: ``unreachable``, ``timed_out`` or
+    ``invalid``.
     ``kind``, ``models``, ``context_windows`` and ``slots`` are the last
     probe's; ``refresh_timeouts`` counts re-probes cut short by their budget.
     """

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from lmgate._endpoint import Endpoint
 from lmgate._errors import InvalidParameter
-from lmgate.detect import discover, learn, probe
+from lmgate.detect import discover, health_status, learn, probe
 from lmgate.detect._probe import _CACHE
 from lmgate.sim._http import SimHTTPConfig, SimHTTPServer
 
@@ -87,3 +88,30 @@ async def test_unreachable_probe_teaches_nothing() -> None:
     info = await probe(url, timeout=0.5)
     ep = Endpoint("e", url=url)
     assert learn(ep, info) is ep
+
+
+@pytest.mark.anyio
+async def test_health_status_tells_loading_down_and_gone_apart() -> None:
+    """Serving, loading and not answering are three different answers."""
+    async with SimHTTPServer(SimHTTPConfig(models=("m",))) as up:
+        ok = await health_status(up.url + "/v1", "/health")
+        wrong = await health_status(up.url, "/no-such-route")
+    async with SimHTTPServer(SimHTTPConfig(models=("m",), load_time=3600)) as slow:
+        loading = await health_status(slow.url, "/health")
+    assert (ok.ok, ok.loading, ok.status) == (True, False, 200)
+    assert (wrong.ok, wrong.status) == (False, 404)
+    assert (loading.ok, loading.loading, loading.status) == (False, True, 503)
+    with pytest.raises(httpx.ConnectError):
+        await health_status(up.url, "/health")
+
+
+@pytest.mark.anyio
+async def test_health_check_follows_the_endpoint_it_is_given() -> None:
+    """The learned check asks the URL of the endpoint it is handed (a moved server)."""
+    async with SimHTTPServer(SimHTTPConfig(models=("m",))) as first:
+        info = await probe(first.url)
+        check = learn(Endpoint("e", url=first.url), info).health
+        assert check is not None
+    async with SimHTTPServer(SimHTTPConfig(models=("m",))) as second:
+        assert await check(Endpoint("e", url=second.url)) is True
+    assert await check(Endpoint("e", url=second.url)) is False

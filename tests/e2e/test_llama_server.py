@@ -248,11 +248,7 @@ async def _wait_state(sched: lmgate.Scheduler, want_healthy: bool, limit: float)
 async def test_kill_mid_stream_releases_leases_and_trips_breaker(
     crashable_server: LlamaServer, checked_by: str
 ) -> None:
-    """Killing the server mid-stream frees every lease; restart heals the endpoint.
-
-    Health comes from a hand-written check, or from the server's own route
-    learned by ``probe=True``.
-    """
+    """Killing the server mid-stream frees every lease; restart heals (own check or probe)."""
     url = crashable_server.url
 
     async def health(_: lmgate.Endpoint) -> bool:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import lmgate
 from lmgate import Endpoint, Scheduler
 from lmgate._errors import InvalidParameter
+from lmgate._events import EventHub
 from lmgate.actors._resilience import ProbeReport, Resilience
 from lmgate.detect._probe import _CACHE
 from lmgate.policies import Fixed
@@ -25,7 +26,7 @@ from lmgate.policies._gradient2 import Gradient2
 from lmgate.policies._health import HealthSchedule
 from lmgate.policies._vegas import Vegas
 from lmgate.scheduler import _discovery
-from lmgate.scheduler._discovery import limit_for_slots
+from lmgate.scheduler._discovery import Discovery, limit_for_slots
 from lmgate.scheduler._discovery_watch import (
     EndpointDiscovered,
     EndpointDiscoveryFailed,
@@ -170,6 +171,29 @@ async def test_endpoints_are_probed_concurrently_and_mixed_with_plain_ones() -> 
     ]
 
 
+@pytest.mark.anyio
+async def test_an_endpoint_joining_later_is_learned_alone() -> None:
+    """learn_endpoint() probes one endpoint for a running scheduler; a plain one is untouched."""
+    hub = EventHub()
+    sub = hub.subscribe()
+    disc = Discovery(hub)
+    plain = Endpoint("p", url="http://127.0.0.1:9", models=("m",))
+    async with SimHTTPServer(LLAMA) as server:
+        ep = await disc.learn_endpoint(
+            Endpoint("x", url=server.url, probe=True), Fixed(8), probe_timeout=2.0
+        )
+        assert await disc.learn_endpoint(plain, Fixed(8)) is plain
+    assert (ep.kind, ep.models, ep.limit) == ("llamacpp", ("tiny",), Fixed(3))
+    assert isinstance(ep.health, WatchingCheck)
+    x = disc.statistics_for("x")
+    assert x is not None
+    assert x.state == "learned"
+    assert disc.statistics_for("p") is None
+    (event,) = events_of(sub)
+    assert isinstance(event, EndpointDiscovered)
+    assert event.limit == 3
+
+
 # -- probes that find nothing ---------------------------------------------------------------
 
 
@@ -311,7 +335,8 @@ async def test_clients_are_closed_with_the_scheduler() -> None:
                 )
             assert r.status_code == 200
             assert sched.clients.statistics().open_clients == 1  # one pool for both
-            assert not client.is_closed
+            # Closing the transport left the scheduler's pool open.
+            assert (await client.get("models")).status_code == 200
         assert client.is_closed
         assert sched.clients.statistics().closed
 

@@ -33,7 +33,7 @@ from ._support import check_identity
 
 
 def endpoint(name: str = "a") -> Endpoint:
-    return Endpoint(name, url=f"http://127.0.0.1:9/{name}", models=["m"])
+    return Endpoint(name, url=f"http://127.0.0.1:9/{name}", models=("m",))
 
 
 class RateLimited:
@@ -161,6 +161,7 @@ def test_a_healthy_endpoint_is_never_throttled(limit: int, rate: float) -> None:
     ended, stats, throttling, _ = drive({"a": server}, rate=rate, seconds=120.0, limit=limit)
     assert throttling is not None
     assert throttling.refusals == 0
+    assert throttling._rng.getstate() == random.Random("lmgate.throttle:3").getstate()
     st = throttling.statistics()["a"]
     assert st.reject_probability == 0.0
     assert st.throttled == 0
@@ -170,7 +171,7 @@ def test_a_healthy_endpoint_is_never_throttled(limit: int, rate: float) -> None:
 
 
 def test_a_full_healthy_endpoint_takes_what_a_throttled_one_refuses() -> None:
-    """A always answers 429, B is healthy but often full: requests queue for B, none is throttled."""
+    """A always answers 429, B is healthy but often full: requests queue for B, none throttled."""
     a = RateLimited(capacity=0)
     b = RateLimited(capacity=10**9, work=1.0)
     ended, _, throttling, _ = drive({"a": a, "b": b}, rate=3.5, seconds=120.0, limit=4)
@@ -195,8 +196,7 @@ def test_both_endpoints_throttling_refuse_new_requests() -> None:
 
 @pytest.mark.parametrize("outcome", OUTCOME_CLASSES)
 def test_outcomes_are_counted_as_the_sre_rule_wants(outcome: Any) -> None:
-    """Success and client errors are accepts; overload, error, timeout, loading are not;
-    cancellations are not counted at all."""
+    """Accepts: success, client error; refusals: overload, error, timeout, loading; cancel: none."""
     throttling = Throttling(Throttle(min_requests=1), random.Random(0))
     slot = EndpointSlot(0, endpoint(), 8, None)
     for i in range(10):
