@@ -21,8 +21,8 @@ from lmgate._prometheus import (
 
 __all__ = [
     "DURATION_BUCKETS",
-    "QUEUE_WAIT_BUCKETS",
     "LatencyHistograms",
     "LmgateCollector",
+    "QUEUE_WAIT_BUCKETS",
     "instrument",
 ]

@@ -361,3 +361,21 @@ def test_instrument_needs_a_scheduler() -> None:
     with pytest.raises(InvalidParameter):
         instrument(FakeScheduler(STATS), registry=registry)
     assert list(registry.collect()) == []
+
+
+def test_public_modules_export_their_names_and_lmgate_needs_no_extras() -> None:
+    """The public extras export sorted names; ``import lmgate`` loads neither extra."""
+    import subprocess
+    import sys
+
+    import lmgate.otel
+    import lmgate.prometheus
+
+    for module in (lmgate.prometheus, lmgate.otel):
+        assert list(module.__all__) == sorted(module.__all__)
+        assert all(hasattr(module, name) for name in module.__all__)
+    code = (
+        "import sys, lmgate; "
+        "assert not {'prometheus_client', 'opentelemetry'} & {m.split('.')[0] for m in sys.modules}"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

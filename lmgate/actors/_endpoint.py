@@ -221,6 +221,7 @@ class EndpointActor:
         self._samples += 1
         self._by_class[sample.outcome] += 1
         outcome: OutcomeClass = sample.outcome
+        reported = outcome
         if outcome == "timeout" and not self._timeout_is_evidence(sample):
             # Granted with too little time left to tell anything.
             self._ignored_timeouts += 1
@@ -250,7 +251,9 @@ class EndpointActor:
                 self._loading_news = now
         if verdict.feed_limit:
             await self._publish_limit(self._limit.update(sample, now), now)
-        failed = sample.outcome == "error" or sample.outcome == "timeout"
+        # Admission judged the sample as it was sent, before a timeout that
+        # is no evidence became a cancellation here: answer what it saw.
+        failed = reported == "error" or reported == "timeout"
         if failed and self._routing[2] is not None:
             # Admission stopped granting trials on this failure; say again
             # what holds now, whatever the breaker made of the sample.

@@ -50,12 +50,18 @@ class Redis:
     """Coordinates the schedulers of many processes through one Redis.
 
     ``lease_ttl`` is how long a shared slot outlives its holder's last
-    renewal (holders renew every ``renew_every``): a process killed outright
-    frees its slots within it.  ``fallback_share`` is the fraction of the
-    limit a process may use while Redis is unreachable; by default the
-    limit split equally among the processes last seen.  ``key_prefix``
-    separates deployments sharing one Redis.  Use one instance per
-    scheduler.
+    renewal (holders renew every ``renew_every``, a third of it by default):
+    a process killed outright frees its slots within it.  ``fallback_share``
+    is the fraction of the limit a process may use while Redis is
+    unreachable; by default the limit split equally among the processes
+    last seen.  ``key_prefix`` separates deployments sharing one Redis.
+    ``poll`` bounds how late what no notification said is noticed;
+    ``op_timeout`` is how slow a command may be before Redis counts as down;
+    ``rejoin_delay`` is how long a process keeps to its share after
+    rejoining; ``aging`` is the shared queue's seconds per priority level.
+    Every process should use the same settings.  One instance per
+    scheduler; asyncio only.  See :mod:`lmgate.coordination` for the
+    guarantees and their limits.
     """
 
     def __init__(

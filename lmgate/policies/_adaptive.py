@@ -82,7 +82,7 @@ __all__ = ["Adaptive", "AdaptiveState"]
 
 _NAN: Final = math.nan
 #: Finished requests (successes and timeouts) over which timeouts are counted.
-_TIMEOUT_SPAN: Final = 16
+_TIMEOUT_SPAN: Final = 32
 
 
 @final
@@ -149,6 +149,7 @@ class AdaptiveState:
 
     __slots__ = (
         "_before",
+        "_bisecting",
         "_config",
         "_counts",
         "_cut_epoch",
@@ -182,6 +183,7 @@ class AdaptiveState:
         self._run = 0  # steps kept in a row in the current direction
         self._startup = True
         self._urgent = False  # the next run follows a shift: no bracketing
+        self._bisecting = False  # a run's grown step overshot: its steps now halve
         self._ref: Profile | None = None  # steady reference, averaged
         self._before: Profile | None = None  # the latest window at the held limit
         self._ratio = _NAN
@@ -283,7 +285,8 @@ class AdaptiveState:
                 return
             if ratio == ratio:
                 self._ref = blend(ref, profile, config.smoothing)
-        if now >= self._next_probe:
+        if now >= self._next_probe and (self._direction < 0 or profile.peak >= self._limit):
+            # (An up-step the client cannot fill would measure nothing.)
             self._step = max(1, round(self._limit * config.probe_step))
             self._run = 0
             self._probe(now)
@@ -311,7 +314,7 @@ class AdaptiveState:
         else:
             level = limit + self._direction * self._step
         level = max(config.min_limit, min(config.max_limit, level))
-        if level == limit:
+        if level == limit or (self._bisecting and self._step < 1):
             self._end_run(now)
             return
         self._counts["probes"] += 1
@@ -359,20 +362,36 @@ class AdaptiveState:
             self._abort(now)
             return
         self._ratio = ratio
-        if (math.log(ratio) / span < self._config.elasticity) == up:
+        config = self._config
+        elasticity = math.log(ratio) / span
+        if (elasticity < config.elasticity) == up:
             self._counts["kept"] += 1
             reached = int(profile.peak)
             self._limit = max(self._limit + 1, min(level, reached)) if up else level
             self._probe_level = 0
             self._ref = self._before = profile
             self._run += 1
-            self._step = min(2 * self._step, max(1, self._limit // 4))
+            if self._bisecting:
+                self._step //= 2
+            elif self._startup and elasticity >= config.elasticity / 3:
+                # Batching is getting dearer: a knee is near, so go on in
+                # routine steps rather than double past it.
+                self._startup = False
+                self._step = max(1, round(self._limit * config.probe_step))
+            else:
+                self._step = min(2 * self._step, max(1, self._limit // 4))
             self._probe(now)
         elif self._startup and up:
             self._startup = False
             self._hold(now, -1)
             self._next_probe = now  # undo an overshoot of the last doubling
             self._urgent = True
+        elif self._run and self._step > 1:
+            # A run's grown step went too far: halve it until it fits.
+            self._bisecting = True
+            self._step //= 2
+            self._probe_level = 0
+            self._probe(now)
         else:
             self._end_run(now)
 
@@ -390,13 +409,14 @@ class AdaptiveState:
         self._probe_level = 0
         self._pending = None
         self._urgent = False
+        self._bisecting = False
         self._direction = direction
         self._restart(now)
 
-    def _schedule(self, now: float) -> None:
+    def _schedule(self, now: float, share: float = 1.0) -> None:
         config = self._config
         spread = config.probe_jitter * self._rng.uniform(-1.0, 1.0)
-        self._next_probe = now + config.probe_interval * (1.0 + spread)
+        self._next_probe = now + share * config.probe_interval * (1.0 + spread)
 
     def _timeouts_pile_up(self) -> bool:
         """Count a fresh timeout; whether they now make ``timeout_share`` of the last few."""
@@ -416,7 +436,7 @@ class AdaptiveState:
         self._ref = self._before = None
         self._cut_epoch = now
         self._hold(now, 1)
-        self._schedule(now)
+        self._schedule(now, 0.25)
 
     # -- reporting -----------------------------------------------------------
 

@@ -154,6 +154,7 @@ class ContextGate:
         max_tokens: object,
         *,
         route: bool = True,
+        priority: int = 0,
     ) -> ContextRequest:
         """Validate the prompt and work out the window it needs (see the module doc).
 
@@ -170,11 +171,11 @@ class ContextGate:
             )
         else:
             reserve = max_tokens
-        need = self._need(adm, model, msgs, reserve) if route else None
+        need = self._need(adm, model, msgs, reserve, priority) if route else None
         return ContextRequest(msgs, model, reserve, need)
 
     def _need(
-        self, adm: Admission, model: str, msgs: tuple[Message, ...], reserve: int
+        self, adm: Admission, model: str, msgs: tuple[Message, ...], reserve: int, priority: int
     ) -> int | None:
         slots = adm.by_model.get(model)
         if not slots:
@@ -214,12 +215,15 @@ class ContextGate:
             adm.outcomes["context_overflow"] += 1
             least = min(reaches.values()) + reserve
             largest = max(w for _, w, _ in known)
-            raise ContextOverflow(
+            error = ContextOverflow(
                 f"prompt needs at least ~{least} tokens (with {reserve} reserved for output)"
                 f" after every strategy; the largest window serving {model!r} is {largest}",
                 tokens=least,
                 window=largest,
             )
+            if adm.watch is not None:
+                adm.watch.refused(model, priority, "context_overflow", error, adm.clock())
+            raise error
         floor = max(unfit_windows) + 1 if unfit_windows else 0
         if not fit_needs:
             return floor or None
@@ -246,7 +250,8 @@ class ContextGate:
                     reserve=req.reserve,
                     strategy=self.strategy_for(ep),
                     count_tokens=count,
-                    threshold=self._settings.threshold,
+                    # Resource pressure tightens the threshold for new prompts.
+                    threshold=self._settings.threshold * lease._admission.context_factor,
                     deadline=lease.deadline,
                 )
             except ContextOverflow:

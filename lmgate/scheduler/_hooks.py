@@ -142,7 +142,7 @@ class HookedRequest:
         if self._granted or self._ended:
             return
         self._granted = True
-        for hook, handle in zip(self.hooks, self.handles, strict=True):
+        for hook, handle in zip(self.hooks, self.handles, strict=False):
             try:
                 hook.on_request_granted(
                     handle, endpoint=lease.endpoint, queue_wait=lease.queued_for
@@ -171,7 +171,7 @@ class HookedRequest:
         else:
             endpoint, model, duration, ttft = None, self.model, None, None
             queue_wait = max(0.0, now - self.submitted_at)
-        for hook, handle in zip(self.hooks, self.handles, strict=True):
+        for hook, handle in zip(self.hooks, self.handles, strict=False):
             try:
                 hook.on_request_end(
                     handle,
@@ -299,7 +299,18 @@ class Watch:
                 request.granted(got)
             else:
                 got.event = ResumeEvent(got.event, got)
+                if got.lease is not None:  # queued, and handed a slot within submit
+                    got.lease._request = request
         return got
+
+    def refused(
+        self, model: str, priority: int, outcome: str, error: BaseException, now: float
+    ) -> None:
+        """A request counted and refused before it reached ``submit`` (a prompt
+        no window can take): the hooks see it start and end, as if submitted.
+        """
+        if self.hooks:
+            HookedRequest(self.hooks, model, priority, now).end(outcome, now, error=error)
 
     def __repr__(self) -> str:
         return f"<Watch hooks={len(self.hooks)} shed={self.shed}>"

@@ -399,6 +399,11 @@ def from_config(
         raise InvalidParameter("the config names no endpoint", field="endpoints")
     kwargs = config.scheduler_kwargs()
     kwargs.update(extra)
+    if p is not None and "state_dirs" not in kwargs:
+        # Leftover temp files of an interrupted atomic write sit beside the file.
+        from lmgate._tempfiles import state_dirs_of
+
+        kwargs["state_dirs"] = state_dirs_of(p)
     sched = cls(config.endpoints(), **kwargs)
     if watcher is not None and p is not None:
         sched._reconf.watch(watcher, p, env)

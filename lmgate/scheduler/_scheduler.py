@@ -342,7 +342,7 @@ class Scheduler:
                 model = str.__str__(model)
             adm = self._admission
             if messages is not None:
-                req = self._context.prepare(adm, model, messages, max_tokens)
+                req = self._context.prepare(adm, model, messages, max_tokens, priority=priority)
             need = None if req is None else req.need
             got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
             if type(got) is Lease:
@@ -413,7 +413,11 @@ class Scheduler:
         if type(model) is not str:
             model = str.__str__(model)
         adm = self._admission
-        req = None if messages is None else self._context.prepare(adm, model, messages, max_tokens)
+        req = (
+            None
+            if messages is None
+            else self._context.prepare(adm, model, messages, max_tokens, priority=priority)
+        )
         need = None if req is None else req.need
         got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
         lease = got if type(got) is Lease else await self._wait(got)  # type: ignore[arg-type]

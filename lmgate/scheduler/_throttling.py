@@ -11,6 +11,12 @@ every release whether the endpoint took the request:
 - not accepted: ``overload``, ``error``, ``timeout``, ``loading``;
 - ``cancelled`` says nothing and is not counted.
 
+Only what a healthy endpoint answers is counted.  While its breaker holds
+or opens it (a model loading, a Retry-After, a crash), admission sends it
+nothing or only trials, and those answers are the breaker's business: were
+they counted, the outage would linger in the window after the endpoint
+recovered and throttle it for a minute more, refusals feeding refusals.
+
 A draw is made whenever admission is about to send a request to an
 endpoint that has room.  A new request that every endpoint with room
 refuses fails at once with ``Rejected(reason="throttled")`` instead of
@@ -105,8 +111,8 @@ class Throttling:
         return self._rng.random()
 
     def record(self, slot: EndpointSlot, outcome: OutcomeClass, now: float) -> None:
-        """Count a released request: did the endpoint take it?"""
-        if outcome == "cancelled":
+        """Count a released request: did the healthy endpoint take it?"""
+        if outcome == "cancelled" or slot.routing != "up" or slot.state != "healthy":
             return
         entry = self._by_slot.get(slot.index)
         if entry is None:

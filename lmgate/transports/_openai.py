@@ -18,6 +18,7 @@ import httpx
 import msgspec
 
 from lmgate._endpoint import EndpointRef
+from lmgate._secrets import redact
 from lmgate.transports._errors import error_from_response
 from lmgate.transports._urls import rebase
 from lmgate.transports._usage import usage_of
@@ -57,11 +58,33 @@ async def raise_for_response(response: httpx.Response) -> None:
     """Raise the lmgate error (or ``httpx.HTTPStatusError``) an error response means."""
     if response.status_code < 400:
         return
-    body = await response.aread()
+    body = _without_sent_keys(response, await response.aread())
     error = error_from_response(response.status_code, response.headers, body)
     if error is not None:
         raise error
     response.raise_for_status()
+
+
+def _without_sent_keys(response: httpx.Response, body: bytes) -> bytes:
+    """The body with any key this request carried masked.
+
+    Some APIs quote the key they refused ("Incorrect API key provided: ..."),
+    and the body becomes an exception message that ends up in logs.
+    """
+    try:
+        headers = response.request.headers
+    except RuntimeError:  # a response built without a request
+        return body
+    sent = [
+        value.removeprefix("Bearer ").strip()
+        for name in ("authorization", "x-api-key", "api-key")
+        if (value := headers.get(name))
+    ]
+    sent = [s for s in sent if len(s) >= 8]
+    if not sent:
+        return body
+    text = body.decode("utf-8", "replace")
+    return redact(text, sent).encode()
 
 
 def _request(

@@ -63,7 +63,7 @@ async def main(cfg: dict[str, Any]) -> None:
         "peak_connected_after_restore": 0,
     }
     in_flight = 0
-    restored = False
+    restores = 0
     lost_at = float("inf")
     stop = anyio.Event()
 
@@ -73,14 +73,14 @@ async def main(cfg: dict[str, Any]) -> None:
         emit({"ready": coordinator.owner if coordinator else None})
 
         async def watch() -> None:
-            nonlocal restored, lost_at
+            nonlocal restores, lost_at
             with sched.events.subscribe() as sub:
                 async for ev in sub:
                     tag = type(ev).__struct_config__.tag
                     if isinstance(tag, str) and tag.startswith("coordination_"):
                         emit({"event": tag, "t": time.time()})
                         if tag == "coordination_restored":
-                            restored = True
+                            restores += 1
                         elif tag == "coordination_lost":
                             lost_at = time.monotonic()
 
@@ -96,7 +96,7 @@ async def main(cfg: dict[str, Any]) -> None:
             # two holds after it: from then on every call is a fallback one.
             if m == "fallback" and time.monotonic() >= lost_at + 2 * cfg["hold"]:
                 stats["peak_fallback"] = max(stats["peak_fallback"], in_flight)
-            elif m == "connected" and restored:
+            elif m == "connected" and restores >= 2:  # back after the outage
                 stats["peak_connected_after_restore"] = max(
                     stats["peak_connected_after_restore"], in_flight
                 )

@@ -175,4 +175,4 @@ class BookMachine(RuleBasedStateMachine):
 
 
 TestBookMachine = BookMachine.TestCase
-TestBookMachine.settings = settings(max_examples=60, stateful_step_count=40)
+TestBookMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

@@ -31,6 +31,7 @@ def test_fallback_limit_examples(
     assert fallback_limit(limit, processes=processes, share=share) == expected
 
 
+@settings(deadline=None)
 @given(limit=st.integers(1, 10_000), processes=st.integers(1, 10_000))
 def test_equal_shares_never_add_up_beyond_the_limit(limit: int, processes: int) -> None:
     """With at least one slot per process, N equal shares fit in the limit whenever N <= limit."""
@@ -40,6 +41,7 @@ def test_equal_shares_never_add_up_beyond_the_limit(limit: int, processes: int) 
         assert share * processes <= limit
 
 
+@settings(deadline=None)
 @given(
     limit=st.integers(1, 10_000),
     processes=st.integers(1, 100),
@@ -127,4 +129,4 @@ class LinkMachine(RuleBasedStateMachine):
 
 
 TestLinkMachine = LinkMachine.TestCase
-TestLinkMachine.settings = settings(max_examples=50, stateful_step_count=30)
+TestLinkMachine.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmgate.coordination._limit import SharedLimit, decode_sample, encode_sample
@@ -52,6 +52,7 @@ def test_the_outbox_is_bounded() -> None:
     assert state.statistics().detail["dropped_samples"] == 3000 - 1024
 
 
+@settings(deadline=None)
 @given(
     duration=st.floats(0, 1e6),
     in_flight=st.integers(0, 10_000),

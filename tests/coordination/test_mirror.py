@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmgate.coordination._mirror import (
@@ -75,6 +75,7 @@ def test_what_is_applied_from_peers_is_never_reported_back() -> None:
     assert m.report() == (None, False)
 
 
+@settings(deadline=None)
 @given(own=states, peers=st.lists(states, max_size=4))
 def test_what_applies_is_never_milder_than_our_own(
     own: RouteState, peers: list[RouteState]

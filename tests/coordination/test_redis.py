@@ -173,24 +173,23 @@ async def _zcard(r: aioredis.Redis, n: int) -> bool:
 async def test_no_process_starves(redis_url: str) -> None:
     """Two equally busy schedulers on one slot get about equal service."""
     counts = [0, 0]
-    async with schedulers(redis_url, 2, limit=Fixed(1)) as pair:
-        with anyio.move_on_after(2.0):
-            async with anyio.create_task_group() as tg:
-                for i, (s, _) in enumerate(pair):
-                    for _ in range(3):
+    async with (
+        schedulers(redis_url, 2, limit=Fixed(1)) as pair,
+        anyio.create_task_group() as tg,
+    ):
+        for i, (s, _) in enumerate(pair):
+            for _ in range(3):
 
-                        async def worker(s: lmgate.Scheduler = s, i: int = i) -> None:
-                            async def call(lease: lmgate.Lease) -> None:
-                                counts[i] += 1
-                                await anyio.sleep(0.002)
+                async def worker(s: lmgate.Scheduler = s, i: int = i) -> None:
+                    async def call(lease: lmgate.Lease) -> None:
+                        counts[i] += 1
+                        await anyio.sleep(0.002)
 
-                            while True:
-                                await s.run(call, model="m")
+                    while sum(counts) < 80:
+                        await s.run(call, model="m")
 
-                        tg.start_soon(worker)
-    total = sum(counts)
-    assert total > 20
-    assert min(counts) >= 0.3 * total
+                tg.start_soon(worker)
+    assert min(counts) >= 0.3 * sum(counts)
 
 
 async def test_a_deadline_while_waiting_for_a_shared_slot(
@@ -223,7 +222,7 @@ async def test_closing_while_waiting_for_a_shared_slot(redis_url: str) -> None:
             got.append(exc)
 
     async with schedulers(redis_url, 1, limit=Fixed(1)) as [(a, _)], a.lease(model="m"):
-        with anyio.fail_after(4.0):  # far less than the grace
+        with anyio.fail_after(8.0):  # well within the grace of 10 s
             async with anyio.create_task_group() as tg:
                 b = lmgate.Scheduler(endpoints(), limit=Fixed(1), coordinator=c, grace=10.0)
                 async with b:

@@ -364,11 +364,26 @@ def test_startup_doubles_while_latency_stays_flat() -> None:
 @pytest.mark.parametrize("outcome", ["overload", "timeout", "error"])
 def test_a_fresh_drop_cuts_at_once_and_a_stale_one_does_not(outcome: OutcomeClass) -> None:
     """One cut per overload: drops of requests granted before the cut are not news."""
-    state = Adaptive(initial_limit=40, max_limit=100).build()
+    state = Adaptive(initial_limit=40, max_limit=100, timeout_share=0.0).build()
     assert state.update(drop(0.0, outcome), 1.0) == 36
     assert state.update(drop(0.5, outcome), 1.1) == 36
     assert state.update(drop(1.05, outcome), 1.2) == 32
     assert state.statistics().detail["cuts"] == 2
+
+
+def test_stray_timeouts_do_not_cut_but_a_pile_of_them_does() -> None:
+    """A timeout in every eight finished requests is long answers; one in four is a cut."""
+    state = Adaptive(initial_limit=40, max_limit=100).build()
+    now = 0.0
+    for i in range(200):
+        now += 0.1
+        state.update(drop(now, "timeout") if i % 8 == 7 else success(now, in_flight=1), now)
+    assert state.statistics().detail["cuts"] == 0
+    for i in range(40):
+        now += 0.1
+        state.update(drop(now, "timeout") if i % 4 == 3 else success(now, in_flight=1), now)
+    assert state.statistics().detail["cuts"] == 1
+    assert state.statistics().detail["held_limit"] == 36
 
 
 def test_fast_failures_are_never_read_as_latency() -> None:
@@ -428,6 +443,7 @@ def test_statistics_and_repr() -> None:
         ({"settle": math.nan}, "settle"),
         ({"jump": 0.0}, "jump"),
         ({"backoff": 1.0}, "backoff"),
+        ({"timeout_share": 1.5}, "timeout_share"),
         ({"smoothing": 2.0}, "smoothing"),
         ({"window": math.inf}, "window"),
         ({"window_samples": 0}, "window_samples"),

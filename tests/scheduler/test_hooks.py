@@ -340,3 +340,55 @@ def test_hooked_request_ends_once_even_if_told_twice() -> None:
     req.end("completed", 2.0)
     assert rec.outcomes() == Counter(rejected=1)
     assert "ended" in repr(req)
+
+
+def test_a_refusal_counted_outside_admission_reaches_the_hooks() -> None:
+    """Watch.refused() gives such a request its start and end, nothing else."""
+    rec = Recorder()
+    sched = lmgate.Scheduler([endpoint("gpu", "m")], hooks=[rec])
+    error = lmgate.ContextOverflow("too long", tokens=10, window=5)
+    sched._watch.refused("m", 3, "context_overflow", error, 1.0)
+    assert rec.outcomes() == Counter(context_overflow=1)
+    ((_, _, kw),) = [c for c in rec.calls if c[0] == "end"]
+    assert kw["error"] is error
+    assert kw["endpoint"] is None
+
+
+@pytest.mark.anyio
+async def test_a_request_queued_and_granted_within_submit_still_ends_once() -> None:
+    """Behind a head that needs a larger window, a new request takes the small free slot."""
+    rec = Recorder()
+    gate = anyio.Event()
+
+    async def hold(lease: lmgate.Lease) -> None:
+        await gate.wait()
+
+    async def quick(lease: lmgate.Lease) -> str:
+        return lease.endpoint.name
+
+    endpoints = [
+        endpoint("small", "m", context_window=100),
+        endpoint("big", "m", context_window=10_000),
+    ]
+    async with lmgate.Scheduler(endpoints, limit=Fixed(1), hooks=[rec]) as sched:
+        adm = sched._admission
+        async with anyio.create_task_group() as tg:
+            big = adm.by_model["m"][1]
+            lease = await sched.acquire(model="m")
+            if lease.endpoint.name != "big":  # make sure the big one is the busy one
+                other = await sched.acquire(model="m")
+                lease.release()
+                lease = other
+            assert lease.endpoint.name == "big"
+            head = adm.submit("m", 0, math.inf, adm.clock(), min_window=5_000)
+            assert not isinstance(head, lmgate.Lease)
+            assert (big.in_flight, adm.queued) == (1, 1)
+            assert await sched.run(quick, model="m") == "small"
+            adm.leave(head, "cancelled")
+            lease.release()
+            tg.start_soon(hold, lease)
+            gate.set()
+        stats = sched.stats()
+    check_identity(stats)
+    assert rec.outcomes() == nonzero(stats.outcomes)
+    assert rec.starts() == stats.submitted

@@ -708,6 +708,33 @@ class TestVirtualTime:
             assert stats.outcomes["unavailable"] == 2
             assert stats.outcomes["completed"] == 2
 
+    async def test_half_open_trial_cut_short_does_not_strand_the_endpoint(self) -> None:
+        """A half-open trial stopped by its deadline too early to count still frees the next one."""
+
+        async def ok(lease: Lease) -> str:
+            await anyio.sleep(1)
+            return "ok"
+
+        async def refused(lease: Lease) -> None:
+            raise ConnectionResetError("reset")
+
+        async with Scheduler([endpoint("a", "m")], limit=Fixed(4), throttle=None) as sched:
+            for _ in range(5):  # learn a warm latency of one second
+                assert await sched.run(ok, model="m") == "ok"
+            while sched.stats().endpoints[0].routing != "down":
+                with pytest.raises(ConnectionResetError):
+                    await sched.run(refused, model="m")
+                await _settle()
+            await _until(lambda: sched.stats().endpoints[0].state == "half_open")
+            # The trial hangs and its deadline ends it after 0.2 s: too soon to
+            # say anything about the endpoint, so it counts as no evidence.
+            with pytest.raises(DeadlineExceeded):
+                await sched.run(_sleep_forever, model="m", timeout=0.2)
+            await _settle()
+            # The endpoint must take the next trial rather than wait forever.
+            assert await sched.run(ok, model="m", timeout=30) == "ok"
+            check_identity(sched.stats())
+
     async def test_limit_raise_dispatches_queue(self) -> None:
         """A limit raised by the policy (fed by samples) lets queued requests through."""
         async with (

@@ -34,6 +34,7 @@ from lmgate import (
     Scheduler,
     SchedulerClosed,
 )
+from lmgate.actors._resilience import Resilience
 from lmgate.policies import Fixed
 from lmgate.scheduler._admission import Admission
 from lmgate.sim import Dist, SimServer
@@ -54,6 +55,8 @@ TOTAL = 100_000
 EARLY = 20_000
 CLIENTS = 200
 SLACK = 0.1
+#: Virtual seconds an up endpoint may sit with a trial cap of 0 and nothing running.
+STRANDED = 5.0
 _LMGATE = os.path.dirname(lmgate.__file__)
 #: The scheduler's own code: what must not grow with the request count.
 _SCHEDULER_FILES = [
@@ -75,6 +78,7 @@ class Watch(trio.abc.Instrument):
         self.steps = 0
         self.peak_queued = 0
         self.peak_in_flight = 0
+        self.stranded: dict[int, float] = {}
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         a = self.adm
@@ -86,6 +90,14 @@ class Watch(trio.abc.Instrument):
         for s in a.slots:
             if s.in_flight > s.limit:
                 self.violations.append(f"{s.endpoint.name} over its limit")
+            # An endpoint that is up but takes nothing (a half-open trial cap
+            # of 0 with nothing running) must be answered by its actor soon.
+            if s.routing == "up" and s.effective_limit == 0 and s.in_flight == 0:
+                since = self.stranded.setdefault(s.index, trio.current_time())
+                if trio.current_time() - since > STRANDED:
+                    self.violations.append(f"{s.endpoint.name} stranded since {since}")
+            else:
+                self.stranded.pop(s.index, None)
         self.peak_queued = max(self.peak_queued, a.queued)
         self.peak_in_flight = max(self.peak_in_flight, a.in_flight)
         if len(self.violations) > 20:
@@ -239,7 +251,7 @@ async def _soak() -> tuple[Scheduler, Watch, Figures, float]:
         servers["slow"].endpoint(limit=Fixed(4)),
         servers["flaky"].endpoint(models=["qwen", "phi"], limit=Fixed(8)),
     ]
-    sched = Scheduler(endpoints, limit=Fixed(8), queue_size=128)
+    sched = Scheduler(endpoints, limit=Fixed(8), queue_size=128, resilience=Resilience(seed=5))
     figures = Figures()
 
     def snapshot(at: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
@@ -28,6 +28,7 @@ from lmgate.policies._sample import OUTCOME_CLASSES
 from lmgate.policies._throttle import Throttle
 from lmgate.scheduler._admission import EndpointSlot
 from lmgate.scheduler._throttling import Throttling
+from lmgate.sim import Dist, SimServer
 
 from ._support import check_identity
 
@@ -94,7 +95,7 @@ def drive(
             kind = f"rejected:{exc.reason}"
         except Overloaded:
             kind = "overloaded"
-        except lmgate.LmgateError as exc:
+        except Exception as exc:
             kind = type(exc).__name__
         ended[kind] += 1
         log.append((anyio.current_time() - t0, kind))
@@ -152,6 +153,40 @@ def test_throttling_ends_once_the_endpoint_recovers() -> None:
     assert set(late) == {"completed"}
     calls, accepts = server.between(130.0, 240.0)
     assert calls == accepts > 0.9 * 16 * 110
+
+
+class Reporter(NamedTuple):
+    """A lease as the simulator needs it (without a URL, so any port answers)."""
+
+    report: Any
+
+
+class Reloading:
+    """A simulated server that restarts at ``at`` and answers 503 "loading" for ``seconds``."""
+
+    def __init__(self, at: float, seconds: float) -> None:
+        self.sim = SimServer(output_tokens=Dist.fixed(50), seed=1)
+        self.at, self.seconds = at, seconds
+        self.t0 = 0.0
+
+    async def __call__(self, lease: lmgate.Lease) -> None:
+        if self.at <= anyio.current_time() - self.t0:
+            self.at = math.inf
+            self.sim.restart()
+            self.sim.start_loading(self.seconds)
+        await self.sim(Reporter(lease.report))
+
+
+def test_an_outage_the_breaker_handles_does_not_linger_in_the_throttle() -> None:
+    """A restart and a minute of 503 "loading": the breaker holds; nothing is throttled after."""
+    server = Reloading(30.0, 60.0)
+    _, _, throttling, log = drive({"a": server}, rate=2.0, seconds=200.0, limit=16, timeout=60.0)
+    assert server.sim.statistics().failed["loading"] > 0
+    assert throttling is not None
+    assert not [t for t, kind in log if kind == "rejected:throttled"]
+    late = [kind for t, kind in log if t >= 120.0]
+    assert late
+    assert set(late) == {"completed"}
 
 
 @pytest.mark.parametrize(("limit", "rate"), [(4, 7.0), (64, 20.0)])
