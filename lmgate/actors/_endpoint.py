@@ -138,6 +138,7 @@ class EndpointActor:
         self._addresses: tuple[str, ...] | None = None
         self._identities: dict[str, str] = {}
         self._moves = 0
+        self._opens_before = 0  # openings of the breakers of earlier addresses
         self._model_changes = 0
         self._warmups = 0
         self._warmup_failures = 0
@@ -311,6 +312,7 @@ class EndpointActor:
         self._lifecycle.restarted()
         self._events.publish(moved_event(self.endpoint.name, old, new, at=now))
         await self._controller.send(UrlChanged(self.index, new))
+        self._opens_before += self._breaker.statistics().opens
         self._breaker = self._res.breaker.build(random.Random(self._rng.random()))
         self._phase_since = now
         self._reprobe = True
@@ -401,6 +403,7 @@ class EndpointActor:
             ttft_ewma=self._ttft,
             limit=self._limit.statistics(),
             breaker=self._breaker.statistics(),
+            opens=self._opens_before + self._breaker.statistics().opens,
             lifecycle=self._lifecycle.statistics(),
             probes=self._probes,
             probe_failures=self._probe_failures,

@@ -27,6 +27,8 @@ class EndpointActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
     ttft_ewma: float | None
     limit: LimitStatistics
     breaker: BreakerStatistics
+    #: Breaker openings since start (a moved server's new breaker included).
+    opens: int
     lifecycle: LifecycleStatistics
     probes: int
     probe_failures: int
@@ -50,7 +52,7 @@ def resilience_fields(a: EndpointActorStatistics) -> dict[str, Any]:
         "breaker": b.state,
         "held_by": b.held_by,
         "retry_at": b.retry_at,
-        "opens": b.opens,
+        "opens": a.opens,
         "failure_rate": b.failure_rate,
         "probes": a.probes,
         "probe_failures": a.probe_failures,

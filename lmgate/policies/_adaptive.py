@@ -32,19 +32,27 @@ its callers reaches at once, and stray long answers never do.
 How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
 
 - *Startup*: the limit multiplies by ``startup_factor`` while that is
-  worth it; the first refusal starts a run of down-steps at once.
+  nearly free (elasticity under a third of ``elasticity``); once batching
+  gets dearer it goes on in routine steps, and the first refusal starts a
+  run of down-steps at once.  A step the client cannot fill ends it too.
 - *Probes*: every ``probe_interval`` seconds, give or take ``probe_jitter``
   (drawn from a generator seeded by ``seed``), it steps by ``probe_step`` of
-  itself (at least one slot), alternately up and down.  A kept step is
-  followed at once by one twice as large (up to a quarter of the limit) in
-  the same direction, so a run covers a large change quickly.  The first
-  step of a routine run is judged against windows at the held limit both
-  before and after it, so a drift in latency cancels out.
+  itself (at least one slot), alternately up and down -- up only when the
+  client fills the held limit, since a step it cannot fill measures
+  nothing.  A kept step is followed at once by one twice as large (up to a
+  quarter of the limit) in the same direction, so a run covers a large
+  change quickly, unless it was barely worth it (a knee is near); a grown
+  step that fails is halved until it fits or is down to one slot.  The
+  first step of a routine run is judged against windows at the held limit
+  both before and after it, so a drift in latency cancels out.  After a
+  cut the next probe comes four times sooner, so a cut that was noise is
+  soon undone.
 - *Shifts*: a steady window whose latency moved more than ``1 + jump``
   times from the reference means the server changed.  It is not a cut --
   a server that got uniformly slower still wants the same concurrency --
   but a new reference and an immediate probe run towards the change, which
-  finds out whether the knee moved.
+  finds out whether the knee moved; if its first step fails, a run the
+  other way follows at once.
 
 A window takes at least ``window`` seconds and ``window_samples`` samples,
 and only from requests granted ``settle`` request-durations after the last
@@ -106,7 +114,7 @@ class Adaptive(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     settle: float = 1.0
     jump: float = 0.25
     backoff: float = 0.9
-    timeout_share: float = 0.25
+    timeout_share: float = 0.5
     smoothing: float = 0.2
     window: float = 1.0
     window_samples: int = 8
@@ -168,6 +176,7 @@ class AdaptiveState:
         "_run",
         "_startup",
         "_step",
+        "_turn",
         "_urgent",
         "_window_start",
     )
@@ -184,6 +193,7 @@ class AdaptiveState:
         self._startup = True
         self._urgent = False  # the next run follows a shift: no bracketing
         self._bisecting = False  # a run's grown step overshot: its steps now halve
+        self._turn = False  # a shift's run turns round if its first step fails
         self._ref: Profile | None = None  # steady reference, averaged
         self._before: Profile | None = None  # the latest window at the held limit
         self._ratio = _NAN
@@ -303,7 +313,7 @@ class AdaptiveState:
         self._ref = self._before = None
         self._hold(now, -1 if ratio > 1.0 else 1)
         self._next_probe = now
-        self._urgent = True
+        self._urgent = self._turn = True
         return True
 
     def _probe(self, now: float) -> None:
@@ -373,7 +383,7 @@ class AdaptiveState:
             self._run += 1
             if self._bisecting:
                 self._step //= 2
-            elif self._startup and elasticity >= config.elasticity / 3:
+            elif up and elasticity >= config.elasticity / 3:
                 # Batching is getting dearer: a knee is near, so go on in
                 # routine steps rather than double past it.
                 self._startup = False
@@ -386,6 +396,13 @@ class AdaptiveState:
             self._hold(now, -1)
             self._next_probe = now  # undo an overshoot of the last doubling
             self._urgent = True
+        elif self._turn and not self._run:
+            # After a shift the first step failed: the knee may have moved
+            # the other way, so try that way at once rather than a probe later.
+            self._turn = False
+            self._hold(now, -self._direction)
+            self._next_probe = now
+            self._urgent = True
         elif self._run and self._step > 1:
             # A run's grown step went too far: halve it until it fits.
             self._bisecting = True
@@ -396,12 +413,16 @@ class AdaptiveState:
             self._end_run(now)
 
     def _end_run(self, now: float) -> None:
-        self._startup = False
+        self._startup = self._turn = False
         self._hold(now, -self._direction)
         self._schedule(now)
 
     def _abort(self, now: float) -> None:
         self._counts["aborted"] += 1
+        if self._probe_level > self._limit:
+            # The client could not fill the step: from here the limit grows
+            # only in routine steps, and only while the client fills it.
+            self._startup = False
         self._hold(now, self._direction)
         self._schedule(now)
 

@@ -23,7 +23,13 @@ import sniffio
 from lmgate._chat import Message
 from lmgate._config_schema import ContextConfig
 from lmgate._endpoint import Endpoint
-from lmgate._errors import DeadlineExceeded, InvalidParameter, LmgateError, SchedulerClosed
+from lmgate._errors import (
+    DeadlineExceeded,
+    EndpointUnavailable,
+    InvalidParameter,
+    LmgateError,
+    SchedulerClosed,
+)
 from lmgate._events import EventHub
 from lmgate.actors._endpoint import EndpointActor, resilience_fields
 from lmgate.actors._health import ActorMessage
@@ -208,6 +214,7 @@ class Scheduler:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        csend: anyio.abc.ObjectSendStream[ControllerMessage] | None = None
         try:
             csend, crecv = anyio.create_memory_object_stream[ControllerMessage](self._mailbox)
             self._controller = AdmissionController(self._admission, crecv)
@@ -236,8 +243,20 @@ class Scheduler:
             await self._resources.start(tg)
             csend.close()
         except BaseException as exc:
+            # Startup failed: close every stream we opened, stop what started,
+            # and surface the one error rather than a group around it.
             tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            if csend is not None:
+                csend.close()
+            for slot in self._admission.slots:
+                if slot.feedback is not None:
+                    slot.feedback.close()
+            try:
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from exc
+                raise
             raise
         self._running = True
         return self
@@ -435,9 +454,7 @@ class Scheduler:
             with anyio.CancelScope(deadline=lease.deadline) as scope:
                 await self._coordinator.acquire(lease)
         except BaseException as exc:
-            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-            result = "cancelled" if cancelled else ("rejected" if isinstance(exc, LmgateError) else "failed")
-            adm.finish(lease, None, outcome="cancelled", result=result)
+            adm.finish(lease, None, outcome="cancelled", result=_coordination_outcome(exc))
             raise
         if scope.cancelled_caught:
             adm.finish(lease, None, outcome="cancelled", result="deadline_exceeded")
@@ -582,6 +599,19 @@ class Scheduler:
             f"<Scheduler {state} endpoints={[e.name for e in self._endpoints]}"
             f" queued={adm.queued} in_flight={adm.in_flight}>"
         )
+
+
+def _coordination_outcome(exc: BaseException) -> str:
+    """The outcome of a request whose shared slot could not be taken."""
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled"
+    if isinstance(exc, SchedulerClosed):
+        return "closed"
+    if isinstance(exc, DeadlineExceeded):
+        return "deadline_exceeded"
+    if isinstance(exc, EndpointUnavailable):
+        return "unavailable"
+    return "rejected" if isinstance(exc, LmgateError) else "failed"
 
 
 def _backend_primitives() -> tuple[

@@ -2,7 +2,8 @@
 
 Run as ``python _worker.py '<json config>'``.  It prints JSON lines: one
 ``ready`` line, one line per coordination event, and a ``done`` summary.
-With ``calls`` > 0 every task makes that many calls; with ``calls`` == 0
+With ``calls`` > 0 every task makes that many calls once a first line
+arrives on stdin (so all workers start together); with ``calls`` == 0
 tasks call until a line arrives on stdin (or stdin closes), then finish
 the call in hand and stop, so no request that started is abandoned.
 """
@@ -123,7 +124,10 @@ async def main(cfg: dict[str, Any]) -> None:
 
         async with anyio.create_task_group() as outer:
             outer.start_soon(watch)
-            if cfg["calls"] == 0:
+            if cfg["calls"] > 0:
+                # Counted runs start together: wait for the go line.
+                await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+            else:
                 outer.start_soon(wait_stop)
             async with anyio.create_task_group() as tg:
                 for _ in range(cfg["tasks"]):

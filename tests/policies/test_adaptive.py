@@ -372,16 +372,16 @@ def test_a_fresh_drop_cuts_at_once_and_a_stale_one_does_not(outcome: OutcomeClas
 
 
 def test_stray_timeouts_do_not_cut_but_a_pile_of_them_does() -> None:
-    """A timeout in every eight finished requests is long answers; one in four is a cut."""
+    """One timeout in four finished requests is long answers; one in two is a cut."""
     state = Adaptive(initial_limit=40, max_limit=100).build()
     now = 0.0
     for i in range(200):
         now += 0.1
-        state.update(drop(now, "timeout") if i % 8 == 7 else success(now, in_flight=1), now)
+        state.update(drop(now, "timeout") if i % 4 == 3 else success(now, in_flight=1), now)
     assert state.statistics().detail["cuts"] == 0
     for i in range(40):
         now += 0.1
-        state.update(drop(now, "timeout") if i % 4 == 3 else success(now, in_flight=1), now)
+        state.update(drop(now, "timeout") if i % 2 else success(now, in_flight=1), now)
     assert state.statistics().detail["cuts"] == 1
     assert state.statistics().detail["held_limit"] == 36
 
