@@ -9,7 +9,14 @@ coordinator in ``lmgate.coordination``.
 """
 
 from lmgate import coordination, detect, policies, sim, transports
-from lmgate._chat import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, UserMessage
+from lmgate._chat import (
+    AssistantMessage,
+    Message,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
+)
 from lmgate._config import (
     Config,
     ConfigApplied,

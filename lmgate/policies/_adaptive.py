@@ -34,19 +34,21 @@ How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
 - *Startup*: the limit multiplies by ``startup_factor`` while that is
   nearly free (elasticity under a third of ``elasticity``); once batching
   gets dearer it goes on in routine steps, and the first refusal starts a
-  run of down-steps at once.  A step the client cannot fill ends it too.
+  run of down-steps at once.  A step the client cannot fill, a shift or a
+  cut ends it.
 - *Probes*: every ``probe_interval`` seconds, give or take ``probe_jitter``
   (drawn from a generator seeded by ``seed``), it steps by ``probe_step`` of
   itself (at least one slot), alternately up and down -- up only when the
-  client fills the held limit, since a step it cannot fill measures
-  nothing.  A kept step is followed at once by one twice as large (up to a
-  quarter of the limit) in the same direction, so a run covers a large
-  change quickly, unless it was barely worth it (a knee is near); a grown
-  step that fails is halved until it fits or is down to one slot.  The
-  first step of a routine run is judged against windows at the held limit
-  both before and after it, so a drift in latency cancels out.  After a
-  cut the next probe comes four times sooner, so a cut that was noise is
-  soon undone.
+  client keeps the held limit full, since a step it cannot fill measures
+  nothing (startup waits for that too).  A kept step is followed at once
+  by one twice as large (up to a quarter of the limit) in the same
+  direction, so a run covers a large change quickly, unless it was barely
+  worth it (a knee is near); a grown step that fails is halved until it
+  fits or is down to one slot.  The first step of a routine run is judged
+  against windows at the held limit both before and after it, so a drift
+  in latency cancels out.  After a cut, or a step the client could not
+  fill, the next probe comes four times sooner: a cut that was noise is
+  soon undone, and a client that grows is followed.
 - *Shifts*: a steady window whose latency moved more than ``1 + jump``
   times from the reference means the server changed.  It is not a cut --
   a server that got uniformly slower still wants the same concurrency --
@@ -102,7 +104,7 @@ class Adaptive(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     samples (the client went quiet).
     """
 
-    initial_limit: int = 4
+    initial_limit: int = 8
     min_limit: int = 1
     max_limit: int = 256
     elasticity: float = 0.6
@@ -295,8 +297,10 @@ class AdaptiveState:
                 return
             if ratio == ratio:
                 self._ref = blend(ref, profile, config.smoothing)
-        if now >= self._next_probe and (self._direction < 0 or profile.peak >= self._limit):
-            # (An up-step the client cannot fill would measure nothing.)
+        # An up-step the client cannot fill would measure nothing.  (A first
+        # window, filling from nothing, is taken as full.)
+        full = ref is None or profile.in_flight >= self._limit * (1.0 - config.probe_step)
+        if now >= self._next_probe and (self._direction < 0 or full):
             self._step = max(1, round(self._limit * config.probe_step))
             self._run = 0
             self._probe(now)
@@ -310,6 +314,7 @@ class AdaptiveState:
         if not abs(math.log(ratio)) > math.log1p(self._config.jump):
             return False
         self._counts["shifts"] += 1
+        self._startup = False  # what startup learnt is out of date
         self._ref = self._before = None
         self._hold(now, -1 if ratio > 1.0 else 1)
         self._next_probe = now
@@ -420,9 +425,12 @@ class AdaptiveState:
     def _abort(self, now: float) -> None:
         self._counts["aborted"] += 1
         if self._probe_level > self._limit:
-            # The client could not fill the step: from here the limit grows
-            # only in routine steps, and only while the client fills it.
+            # The client could not fill the step, so nothing is known above
+            # the limit: grow in routine steps, and look again soon.
             self._startup = False
+            self._hold(now, self._direction)
+            self._schedule(now, 0.25)
+            return
         self._hold(now, self._direction)
         self._schedule(now)
 

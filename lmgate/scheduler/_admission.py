@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectSendStream
 
 from lmgate._endpoint import Endpoint, EndpointRef
 from lmgate._errors import (
@@ -69,7 +70,7 @@ class EndpointSlot:
         index: int,
         endpoint: Endpoint,
         limit: int,
-        feedback: anyio.abc.ObjectSendStream[EndpointMessage] | None,
+        feedback: MemoryObjectSendStream[EndpointMessage] | None,
     ) -> None:
         self.index = index
         self.endpoint = endpoint

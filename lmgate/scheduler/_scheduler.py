@@ -19,6 +19,7 @@ from typing import Any, TypeVar, final
 import anyio
 import anyio.abc
 import sniffio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from lmgate._chat import Message
 from lmgate._config_schema import ContextConfig
@@ -214,7 +215,7 @@ class Scheduler:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        csend: anyio.abc.ObjectSendStream[ControllerMessage] | None = None
+        csend: MemoryObjectSendStream[ControllerMessage] | None = None
         try:
             csend, crecv = anyio.create_memory_object_stream[ControllerMessage](self._mailbox)
             self._controller = AdmissionController(self._admission, crecv)
@@ -313,7 +314,7 @@ class Scheduler:
         *,
         model: str,
         priority: int = 0,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the API's relative deadline
         idempotent: bool = False,
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
@@ -364,18 +365,23 @@ class Scheduler:
                 req = self._context.prepare(adm, model, messages, max_tokens, priority=priority)
             need = None if req is None else req.need
             got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
-            if type(got) is Lease:
+            if isinstance(got, Lease):
                 lease, waiter = got, None
             else:
-                lease, waiter = None, got  # type: ignore[assignment]
-        scope = self._new_scope(deadline=lease.deadline if waiter is None else waiter.deadline)
+                lease, waiter = None, got
+        if waiter is not None:
+            scope = self._new_scope(deadline=waiter.deadline)
+        else:
+            assert lease is not None
+            scope = self._new_scope(deadline=lease.deadline)
         try:
             with scope:
                 if waiter is not None:
                     await waiter.event.wait()
                     if waiter.error is not None:
                         raise waiter.error
-                    lease = waiter.lease  # type: ignore[assignment]
+                    lease = waiter.lease
+                assert lease is not None
                 lease._scope = scope
                 if req is not None:
                     await self._context.fit(lease, req)
@@ -384,6 +390,7 @@ class Scheduler:
             if waiter is not None and (lease is None or lease._scope is None):
                 self._admission.leave(waiter, "cancelled")
                 raise
+            assert lease is not None
             replacement = self._after_error(lease, exc, scope)
             if replacement is None:
                 raise
@@ -392,7 +399,9 @@ class Scheduler:
             if waiter is not None and (lease is None or lease._scope is None):
                 self._admission.leave(waiter, "deadline_exceeded")
                 raise DeadlineExceeded(f"no slot for {model!r} before the deadline")
+            assert lease is not None
             raise self._interrupted(lease)
+        assert lease is not None
         self._admission.finish(lease, None)
         return result
 
@@ -418,7 +427,7 @@ class Scheduler:
         *,
         model: str,
         priority: int = 0,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the API's relative deadline
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
     ) -> Lease:
@@ -439,7 +448,7 @@ class Scheduler:
         )
         need = None if req is None else req.need
         got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
-        lease = got if type(got) is Lease else await self._wait(got)  # type: ignore[arg-type]
+        lease = got if isinstance(got, Lease) else await self._wait(got)
         if self._coordinator is not None:
             await self._coordinate(lease)
         if req is not None:
@@ -685,7 +694,8 @@ class _LeaseContext:
         tb: TracebackType | None,
     ) -> bool:
         lease = self._lease
-        assert lease is not None and lease._scope is not None
+        assert lease is not None
+        assert lease._scope is not None
         scope = lease._scope
         swallowed = scope.__exit__(exc_type, exc, tb)
         sched = self._sched

@@ -352,7 +352,7 @@ def drop(start: float, outcome: OutcomeClass = "overload") -> Sample:
 
 def test_startup_doubles_while_latency_stays_flat() -> None:
     """Flat windows: 4, then 8, then 16."""
-    state = Adaptive(settle=0.0).build()
+    state = Adaptive(initial_limit=4, settle=0.0).build()
     seen = [state.limit]
     for i in range(40):
         state.update(success(i * 0.2, in_flight=state.limit), i * 0.2)
@@ -422,9 +422,9 @@ def test_statistics_and_repr() -> None:
     """Statistics name the policy and stay finite; repr shows the held limit."""
     state = Adaptive().build()
     stats = state.statistics()
-    assert (stats.policy, stats.limit, stats.samples) == ("Adaptive", 4, 0)
+    assert (stats.policy, stats.limit, stats.samples) == ("Adaptive", 8, 0)
     assert stats.detail["startup"] == 1.0
-    assert "limit=4" in repr(state)
+    assert "limit=8" in repr(state)
 
 
 @pytest.mark.parametrize(
