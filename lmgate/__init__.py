@@ -43,6 +43,7 @@ from lmgate._exposure import ListenerReport, ServerExposed, ServerRunsAsRoot
 from lmgate._logging import RateLimitFilter
 from lmgate._params import SamplingParams, normalize_params
 from lmgate._secrets import RedactingFilter, Secret, SecretStr
+from lmgate.actors._resilience import ProbeReport, Resilience
 from lmgate.actors._resources import ResourceRecommendationChanged
 from lmgate.policies._context_report import ContextApplied
 from lmgate.policies._resilience_events import (
@@ -99,11 +100,13 @@ __all__ = [
     "Message",
     "ModelChanged",
     "Overloaded",
+    "ProbeReport",
     "QueueShed",
     "RateLimitFilter",
     "RedactingFilter",
     "Rejected",
     "RequestHook",
+    "Resilience",
     "ResourceRecommendationChanged",
     "SamplingParams",
     "Scheduler",

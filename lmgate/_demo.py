@@ -17,26 +17,62 @@ from typing import Any
 import anyio
 
 import lmgate
-from lmgate.policies import Fixed
+from lmgate.actors import ProbeReport, Resilience
+from lmgate.policies import Adaptive, Fixed, HealthSchedule, LimitPolicy, url_port
 from lmgate.sim import Dist, SimServer
 
 __all__ = ["run_demo"]
+
+
+def _health(servers: dict[str, SimServer]) -> Any:
+    """A health check that asks a simulated server what a real probe would see."""
+
+    async def check(ep: lmgate.Endpoint) -> ProbeReport:
+        st = servers[ep.name].statistics()
+        if st.state == "crashed" or url_port(ep.url) != st.port:
+            raise ConnectionRefusedError(111, "connection refused")
+        if st.state == "hung":
+            await anyio.sleep_forever()
+        return ProbeReport(ok=True, loading=st.state == "loading", identities={st.model: st.digest})
+
+    return check
 
 
 def _servers() -> dict[str, SimServer]:
     common: dict[str, Any] = {"model": "demo-8b", "prompt_tokens": Dist.fixed(64)}
     return {
         "fast": SimServer(
-            name="fast", port=8080, slots=24, knee=16, base_step=0.002, slope_above=0.0004,
-            output_tokens=Dist.uniform(8, 32), seed=1, **common,
+            name="fast",
+            port=8080,
+            slots=24,
+            knee=16,
+            base_step=0.002,
+            slope_above=0.0004,
+            output_tokens=Dist.uniform(8, 32),
+            seed=1,
+            **common,
         ),
         "slow": SimServer(
-            name="slow", port=11434, slots=6, knee=4, base_step=0.01, slope_above=0.004,
-            output_tokens=Dist.uniform(8, 32), seed=2, **common,
+            name="slow",
+            port=11434,
+            slots=6,
+            knee=4,
+            base_step=0.01,
+            slope_above=0.004,
+            output_tokens=Dist.uniform(8, 32),
+            seed=2,
+            **common,
         ),
         "flaky": SimServer(
-            name="flaky", port=8000, slots=12, knee=8, base_step=0.004, slope_above=0.001,
-            output_tokens=Dist.uniform(8, 32), seed=3, **common,
+            name="flaky",
+            port=8000,
+            slots=12,
+            knee=8,
+            base_step=0.004,
+            slope_above=0.001,
+            output_tokens=Dist.uniform(8, 32),
+            seed=3,
+            **common,
         ),
     }
 
@@ -61,8 +97,13 @@ def _table(sched: lmgate.Scheduler, servers: dict[str, SimServer], elapsed: floa
     for ep in stats.endpoints:
         srv = servers[ep.name].statistics()
         table.add_row(
-            ep.name, f"{ep.state}/{ep.routing}", str(ep.limit), str(ep.in_flight),
-            str(ep.peak_in_flight), str(ep.samples), srv.state,
+            ep.name,
+            f"{ep.state}/{ep.routing}",
+            str(ep.limit),
+            str(ep.in_flight),
+            str(ep.peak_in_flight),
+            str(ep.samples),
+            srv.state,
         )
     outcomes = "  ".join(f"{k}={v}" for k, v in stats.outcomes.items() if v)
     table.caption = (
@@ -72,18 +113,28 @@ def _table(sched: lmgate.Scheduler, servers: dict[str, SimServer], elapsed: floa
     return table
 
 
-async def run_demo(*, seconds: float = 10.0, clients: int = 6, live: bool = True) -> int:
+async def run_demo(
+    *, seconds: float = 10.0, clients: int = 6, live: bool = True, policy: str = "fixed"
+) -> int:
     """Run the demo; returns a process exit code."""
+    limit: LimitPolicy = Fixed(12) if policy == "fixed" else Adaptive()
     servers = _servers()
-    endpoints = [s.endpoint(limit=None) for s in servers.values()]
+    health = _health(servers)
+    endpoints = [s.endpoint(limit=None, health=health) for s in servers.values()]
     latencies: list[float] = []
     rng = random.Random(7)
 
     async def call(lease: lmgate.Lease) -> Any:
         return await servers[lease.endpoint.name](lease)
 
+    # Probe often: the demo's faults last seconds, not minutes.
+    probes = HealthSchedule(interval=1.0, recovering_interval=0.1, down_max=1.0, probe_timeout=0.2)
     async with lmgate.Scheduler(
-        endpoints, limit=Fixed(12), queue_size=512, grace=1.0
+        endpoints,
+        limit=limit,
+        queue_size=512,
+        grace=1.0,
+        resilience=Resilience(probes=probes, seed=7),
     ) as sched:
         start = anyio.current_time()
         stop_at = start + seconds
@@ -139,12 +190,16 @@ def _summary(stats: lmgate.Stats, latencies: list[float], elapsed: float) -> Non
     ended = sum(stats.outcomes.values())
     print()
     print(f"requests submitted : {stats.submitted}")
-    print(f"ended              : {ended} (every request ended exactly once: "
-          f"{ended + stats.queued + stats.in_flight == stats.submitted})")
+    print(
+        f"ended              : {ended} (every request ended exactly once: "
+        f"{ended + stats.queued + stats.in_flight == stats.submitted})"
+    )
     for name, count in stats.outcomes.items():
         print(f"  {name:18}: {count}")
     print(f"throughput         : {done / elapsed:.0f} completed/s over {elapsed:.1f}s")
     print(f"latency p50 / p99  : {q(0.5) * 1000:.0f} ms / {q(0.99) * 1000:.0f} ms")
     for ep in stats.endpoints:
-        print(f"  {ep.name:6} limit={ep.limit:3d} peak in flight={ep.peak_in_flight:3d}"
-              f" samples={ep.samples}")
+        print(
+            f"  {ep.name:6} limit={ep.limit:3d} peak in flight={ep.peak_in_flight:3d}"
+            f" samples={ep.samples}"
+        )

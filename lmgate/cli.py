@@ -20,6 +20,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--clients", type=int, default=6, help="simulated clients (default 6)")
     demo.add_argument("--no-live", action="store_true", help="print only the summary")
     demo.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    demo.add_argument(
+        "--policy",
+        choices=["adaptive", "fixed"],
+        default="fixed",
+        help="limit policy: Fixed(12) (default) or lmgate's Adaptive",
+    )
 
     probe = sub.add_parser("probe", help="identify the model server at URL")
     probe.add_argument("url")
@@ -41,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
         live = not args.no_live and sys.stdout.isatty()
         return anyio.run(
-            lambda: run_demo(seconds=args.seconds, clients=args.clients, live=live),
+            lambda: run_demo(
+                seconds=args.seconds, clients=args.clients, live=live, policy=args.policy
+            ),
             backend=args.backend,
         )
     if args.command == "probe":

@@ -1,5 +1,21 @@
-"""Actors: one task per endpoint owning its feedback and health."""
+"""Actors: one task per endpoint owning its feedback and health, and samplers."""
 
 from lmgate.actors._endpoint import EndpointActor, EndpointActorStatistics
+from lmgate.actors._resilience import ProbeReport, Resilience, Resolver, WarmUp
+from lmgate.actors._resources import (
+    PsutilReader,
+    ResourceRecommendationChanged,
+    run_resource_sampler,
+)
 
-__all__ = ["EndpointActor", "EndpointActorStatistics"]
+__all__ = [
+    "EndpointActor",
+    "EndpointActorStatistics",
+    "ProbeReport",
+    "PsutilReader",
+    "Resilience",
+    "ResourceRecommendationChanged",
+    "Resolver",
+    "WarmUp",
+    "run_resource_sampler",
+]
