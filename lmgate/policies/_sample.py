@@ -58,3 +58,5 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     retry_after: float | None = None
+    #: Which model served it, for endpoints that serve several.
+    model: str | None = None

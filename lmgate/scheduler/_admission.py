@@ -313,6 +313,7 @@ class Admission:
                 prompt_tokens=lease._prompt_tokens,
                 output_tokens=lease._output_tokens,
                 retry_after=retry_after,
+                model=lease.endpoint.model,
             )
             try:
                 slot.feedback.send_nowait(sample)
