@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.abc
-import sniffio
 
+from lmgate._backend import running_backend
 from lmgate._endpoint import Endpoint
 from lmgate._errors import InvalidParameter, SchedulerClosed
 from lmgate._events import Event
@@ -309,9 +309,8 @@ class Redis:
 
 def _check_asyncio(*, required: bool) -> None:
     """Refuse any event loop but asyncio's (none at all is fine unless ``required``)."""
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
+    library = running_backend()
+    if library is None:
         if not required:
             return
         library = "none"

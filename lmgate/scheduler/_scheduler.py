@@ -18,9 +18,9 @@ from typing import Any, TypeVar, final
 
 import anyio
 import anyio.abc
-import sniffio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from lmgate._backend import running_backend
 from lmgate._chat import Message
 from lmgate._config_schema import ContextConfig
 from lmgate._endpoint import Endpoint
@@ -631,7 +631,7 @@ def _backend_primitives() -> tuple[
     anyio's portable wrappers find the backend on every call; on the
     per-request path that lookup costs more than the work it wraps.
     """
-    if sniffio.current_async_library() == "trio":
+    if running_backend() == "trio":
         import trio
 
         return trio.current_time, trio.Event, trio.CancelScope

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import sniffio
-
 import lmgate
 from lmgate import Endpoint, Stats
+from lmgate._backend import running_backend
 
 _LMGATE_DIR = os.path.dirname(lmgate.__file__) + os.sep
 
@@ -21,7 +20,7 @@ def _is_lmgate(name: str, coro: Any) -> bool:
 
 def lmgate_tasks() -> list[str]:
     """Names of the live tasks running lmgate's own code, on either backend."""
-    if sniffio.current_async_library() == "trio":
+    if running_backend() == "trio":
         import trio
 
         found: list[str] = []
