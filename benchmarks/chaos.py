@@ -41,11 +41,10 @@ import trio
 import trio.testing
 
 import lmgate
-from lmgate.actors._resilience import ProbeReport, Resilience
-from lmgate.policies._health import url_port
+from lmgate.actors._resilience import Resilience
 from lmgate.policies._resilience_events import BreakerOpened
 from lmgate.policies._retry import Retry
-from lmgate.sim import Dist, SimServer
+from lmgate.sim import Dist, SimServer, sim_health
 
 LATE = 0.1
 FAULTS = ("crash", "move", "hang", "loading", "rate_limit", "slow", "swap")
@@ -70,18 +69,6 @@ def _servers(seed: int) -> dict[str, SimServer]:
             seed=seed * 100 + i,
         )
     return servers
-
-
-def _probe(servers: dict[str, SimServer]) -> Any:
-    async def probe(ep: lmgate.Endpoint) -> ProbeReport:
-        st = servers[ep.name].statistics()
-        if st.state == "crashed" or url_port(ep.url) != st.port:
-            raise ConnectionRefusedError(111, "connection refused")
-        if st.state == "hung":
-            await anyio.sleep_forever()
-        return ProbeReport(ok=True, loading=st.state == "loading", identities={st.model: st.digest})
-
-    return probe
 
 
 async def _faults(
@@ -145,7 +132,7 @@ async def run_chaos(
     seconds = hours * 3600.0
     rng = random.Random(seed)
     servers = _servers(seed)
-    probe = _probe(servers)
+    probe = sim_health(servers)
     endpoints = [
         srv.endpoint(health=probe, ports=(srv.port, srv.port + 1, srv.port + 2), limit=None)
         for srv in servers.values()

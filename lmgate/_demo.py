@@ -17,25 +17,11 @@ from typing import Any
 import anyio
 
 import lmgate
-from lmgate.actors import ProbeReport, Resilience
-from lmgate.policies import Adaptive, Fixed, HealthSchedule, LimitPolicy, url_port
-from lmgate.sim import Dist, SimServer
+from lmgate.actors import Resilience
+from lmgate.policies import Adaptive, Fixed, HealthSchedule, LimitPolicy
+from lmgate.sim import Dist, SimServer, sim_health
 
 __all__ = ["run_demo"]
-
-
-def _health(servers: dict[str, SimServer]) -> Any:
-    """A health check that asks a simulated server what a real probe would see."""
-
-    async def check(ep: lmgate.Endpoint) -> ProbeReport:
-        st = servers[ep.name].statistics()
-        if st.state == "crashed" or url_port(ep.url) != st.port:
-            raise ConnectionRefusedError(111, "connection refused")
-        if st.state == "hung":
-            await anyio.sleep_forever()
-        return ProbeReport(ok=True, loading=st.state == "loading", identities={st.model: st.digest})
-
-    return check
 
 
 def _servers() -> dict[str, SimServer]:
@@ -119,7 +105,7 @@ async def run_demo(
     """Run the demo; returns a process exit code."""
     limit: LimitPolicy = Fixed(12) if policy == "fixed" else Adaptive()
     servers = _servers()
-    health = _health(servers)
+    health = sim_health(servers)
     endpoints = [s.endpoint(limit=None, health=health) for s in servers.values()]
     latencies: list[float] = []
     rng = random.Random(7)

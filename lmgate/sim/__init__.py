@@ -10,6 +10,7 @@ time through anyio only, so it all runs in virtual time.
 from lmgate.sim._config import SimConfig, SimKVOverflow, SimResult, SimStatistics
 from lmgate.sim._dist import Dist
 from lmgate.sim._faults import FaultAction, FaultSchedule, FaultStep, run_schedule
+from lmgate.sim._health import sim_health
 from lmgate.sim._http import (
     HTTP_DIALECTS,
     SimHTTPConfig,
@@ -55,5 +56,6 @@ __all__ = [
     "parse_scenario",
     "run_load",
     "run_schedule",
+    "sim_health",
     "sim_transport",
 ]

@@ -54,7 +54,7 @@ SHOWN_FIXED: Final = (4, 8, 16, 32)
 COARSE: Final = (2, 4, 8, 12, 16, 20, 24, 32, 48)
 QUICK_COARSE: Final = (4, 8, 12, 16, 24, 32)
 QUICK_FACTOR: Final = 0.5  # --quick runs every scenario at half its length
-#: Policies whose limit and latency are drawn and kept over time.
+#: Policies whose limit and latency over time are drawn.
 PLOTTED: Final = ("none", "oracle", "aimd", "vegas", "gradient2", "lmgate")
 
 
@@ -280,15 +280,7 @@ def _write_json(
         doc["scenarios"][scenario.name] = {
             "duration": scenario.duration,
             "policies": {
-                name: {
-                    "metrics": _rounded(msgspec.to_builtins(r.metrics)),
-                    **(
-                        {"timeline": _rounded(msgspec.to_builtins(r.timeline))}
-                        if name in PLOTTED
-                        else {}
-                    ),
-                }
-                for name, r in runs.items()
+                name: _rounded(msgspec.to_builtins(r.metrics)) for name, r in runs.items()
             },
         }
     tmp = path.with_suffix(".json.tmp")
