@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # The benchmark parses its own options (argparse's REMAINDER would
+        # not take leading ones such as --quick).
+        from lmgate.sim._bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         if args.seconds <= 0 or args.clients < 1:

@@ -228,22 +228,28 @@ class Admission:
         return waiter
 
     def predicted_wait(self, model: str, priority: int) -> float:
-        """Expected queueing time for a new request, from observed service times.
+        """Expected time until a new queued request is done, from observed service times.
 
-        ``(ahead + 1) / capacity * service``: the requests ahead of it drain
-        through every routable slot of the model at the observed pace.  With
+        The requests ahead of it drain through every routable slot of the
+        model at the observed pace, ``(ahead + 1) / capacity * service``, and
+        then it still has to be served, at best as fast as the fastest
+        endpoint serves.  A request that would only get its slot with no time
+        left to use it is refused up front instead of timing out later.  With
         no observation yet it predicts zero, so nothing is refused on a guess.
         """
         capacity = 0
-        service = 0.0
+        weighted = 0.0
+        fastest = math.inf
         for s in self.by_model[model]:
             if s.routing != "down" and s.service_time is not None:
-                capacity += s.effective_limit
-                service = max(service, s.service_time)
+                limit = s.effective_limit
+                capacity += limit
+                weighted += limit * s.service_time
+                fastest = min(fastest, s.service_time)
         if capacity == 0:
             return 0.0
         ahead = self.queue.ahead_of(model, priority)
-        return (ahead + 1) / capacity * service
+        return (ahead + 1) / capacity * (weighted / capacity) + fastest
 
     def leave(self, waiter: Waiter, outcome: str) -> None:
         """The caller stopped waiting (deadline or cancellation)."""

@@ -25,6 +25,7 @@ from lmgate.actors._resilience import Resilience
 from lmgate.policies._limit import LimitPolicy
 from lmgate.policies._throttle import Throttle
 from lmgate.sim._faults import run_schedule
+from lmgate.sim._health import sim_health
 from lmgate.sim._load import LoadRequest, run_load
 from lmgate.sim._scenarios import Scenario
 
@@ -91,7 +92,8 @@ async def run_scenario(
     from lmgate.scheduler._scheduler import Scheduler
 
     servers = scenario.build_servers()
-    endpoints = [server.endpoint() for server in servers.values()]
+    health = sim_health(servers)
+    endpoints = [server.endpoint(health=health) for server in servers.values()]
     models = {config.name: config.model for config in scenario.servers}
     only = scenario.servers[0].model
     sched = Scheduler(

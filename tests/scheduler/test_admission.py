@@ -142,7 +142,7 @@ def test_zero_queue_size_rejects_whenever_busy() -> None:
 
 
 def test_predicted_wait_refuses_hopeless_deadlines() -> None:
-    """With a 2 s service time observed, a 1 s deadline behind a full endpoint is refused."""
+    """With a 2 s service time observed, a deadline the queue plus the call overrun is refused."""
     adm, clock = _admission(("a", ("m",), 1))
     first = grant(adm, clock)
     clock.now = 2.0
@@ -151,16 +151,18 @@ def test_predicted_wait_refuses_hopeless_deadlines() -> None:
     grant(adm, clock)
     # No wait can be known to be hopeless without a deadline...
     queue(adm, clock)
-    # ...one that fits the predicted wait (2 ahead/limit 1 * 2 s = 4 s) is queued...
-    queue(adm, clock, deadline=clock.now + 4.5)
-    # ...one that does not is refused now, not left to expire in the queue.
+    # ...one that fits (2 ahead / limit 1 * 2 s queued, then 2 s served = 6 s) is queued...
+    queue(adm, clock, deadline=clock.now + 6.5)
+    # ...one that does not (3 * 2 s + 2 s = 8 s) is refused now, not left to expire.
     with pytest.raises(Rejected) as info:
-        adm.submit("m", 0, clock.now + 5.0, clock.now)
+        adm.submit("m", 0, clock.now + 7.5, clock.now)
     assert info.value.reason == "deadline"
     check(adm)
     assert adm.outcomes["rejected"] == 1
-    # A more urgent request only waits behind its own priority and better.
-    queue(adm, clock, priority=-1, deadline=clock.now + 2.5)
+    # A more urgent request only waits behind its own priority and better (2 s + 2 s).
+    queue(adm, clock, priority=-1, deadline=clock.now + 4.5)
+    with pytest.raises(Rejected):
+        adm.submit("m", -1, clock.now + 5.5, clock.now)
 
 
 def test_no_observation_no_refusal() -> None:
@@ -373,6 +375,7 @@ def test_feedback_samples_and_full_mailbox() -> None:
         "prompt_tokens": 10,
         "output_tokens": 3,
         "retry_after": None,
+        "model": "m",
     }
     assert adm.slots[0].dropped_samples == 1
     send.close()

@@ -528,7 +528,7 @@ class TestVirtualTime:
                 t0 = anyio.current_time()
                 async with sched.lease(model="m", timeout=seconds) as lease:
                     assert anyio.current_time() == t0 + 3.0
-                    assert lease.deadline == t0 + 5.0
+                    assert lease.deadline == t0 + seconds
                     await anyio.sleep_forever()
 
             async with anyio.create_task_group() as tg:
@@ -549,8 +549,9 @@ class TestVirtualTime:
             async with anyio.create_task_group() as tg:
                 _start(tg, sched.run, hold, model="m")
                 await _settle()
-                tg.start_soon(client, "lease", with_lease, 5.0)
-            assert ends == {"lease": (start + 5.0, "deadline")}
+                # 7 s: the queue (3 s) plus the observed 3 s service fit in it.
+                tg.start_soon(client, "lease", with_lease, 7.0)
+            assert ends == {"lease": (start + 7.0, "deadline")}
             assert sched.stats().outcomes["deadline_exceeded"] == 3
 
     async def test_timeout_releases_slot(self) -> None:
