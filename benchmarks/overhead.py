@@ -127,15 +127,26 @@ def main(argv: list[str] | None = None) -> int:
                 us = results[(backend, conc, name)]
                 ratio = us / base
                 rows.append(
-                    {"backend": backend, "concurrency": conc, "variant": name,
-                     "us_per_request": round(us, 3), "ratio_to_floor": round(ratio, 3)}
+                    {
+                        "backend": backend,
+                        "concurrency": conc,
+                        "variant": name,
+                        "us_per_request": round(us, 3),
+                        "ratio_to_floor": round(ratio, 3),
+                    }
                 )
                 print(f"{backend:8} {conc:5d}  {name:26} {us:8.2f} {ratio:8.2f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
         json.dumps(
-            {"python": sys.version.split()[0], "machine": platform.machine(), "limit": LIMIT,
-             "requests": args.requests, "rounds": args.rounds, "results": rows},
+            {
+                "python": sys.version.split()[0],
+                "machine": platform.machine(),
+                "limit": LIMIT,
+                "requests": args.requests,
+                "rounds": args.rounds,
+                "results": rows,
+            },
             indent=2,
         )
     )

@@ -80,7 +80,10 @@ class EndpointSlot:
         self.models = endpoint.models
         self.refs = {
             m: EndpointRef(
-                name=endpoint.name, url=endpoint.url, model=m, kind=endpoint.kind,
+                name=endpoint.name,
+                url=endpoint.url,
+                model=m,
+                kind=endpoint.kind,
                 local=endpoint.local,
             )
             for m in endpoint.models
@@ -455,7 +458,13 @@ class Admission:
             slot.peak_in_flight = slot.in_flight
         self.in_flight += 1
         lease = Lease(
-            self, slot, slot.refs[model], priority, deadline, now, slot.in_flight,
+            self,
+            slot,
+            slot.refs[model],
+            priority,
+            deadline,
+            now,
+            slot.in_flight,
             now - submitted_at,
         )
         self.live.add(lease)

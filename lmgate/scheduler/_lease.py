@@ -129,8 +129,10 @@ class Lease:
     ) -> None:
         """Record time to first token (seconds) and token counts for feedback."""
         if ttft is not None:
-            if isinstance(ttft, bool) or not isinstance(ttft, int | float) or not (
-                0.0 <= ttft < math.inf
+            if (
+                isinstance(ttft, bool)
+                or not isinstance(ttft, int | float)
+                or not (0.0 <= ttft < math.inf)
             ):
                 raise InvalidParameter("ttft must be a finite number >= 0", field="ttft")
             self._ttft = float(ttft)
@@ -158,8 +160,7 @@ class Lease:
     def __repr__(self) -> str:
         state = "released" if self._released else "held"
         return (
-            f"<Lease {self.endpoint.name}/{self.endpoint.model} priority={self.priority}"
-            f" {state}>"
+            f"<Lease {self.endpoint.name}/{self.endpoint.model} priority={self.priority} {state}>"
         )
 
 

@@ -56,4 +56,3 @@ def classification_of(
     return compose(user)(
         error, deadline_expired=deadline_expired, cancelled_exc=cancelled, now_epoch=time.time()
     )
-

@@ -711,5 +711,3 @@ class _LeaseContext:
 
     def __repr__(self) -> str:
         return f"<lease context model={self._model!r} priority={self._priority}>"
-
-
