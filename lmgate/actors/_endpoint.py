@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import final
 
 import anyio
@@ -48,6 +49,7 @@ import anyio.abc
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from lmgate._backend import backend_clock
 from lmgate._endpoint import Endpoint
 from lmgate._events import EventHub
 from lmgate.actors._health import ActorMessage, HealthMonitor, HealthReport, Moved, WarmedUp
@@ -102,6 +104,7 @@ class EndpointActor:
         res = resilience if resilience is not None else Resilience()
         rng = rng if rng is not None else random.Random(res.seed)
         self.index = index
+        self._clock: Callable[[], float] = anyio.current_time
         self.endpoint = endpoint
         self._res = res
         self._limit = limit
@@ -177,6 +180,7 @@ class EndpointActor:
                     self._res.warmup_timeout,
                     self._tick_send.clone(),
                 )
+            self._clock = backend_clock()
             task_status.started()
             inbox = self._inbox
             while True:
@@ -198,7 +202,7 @@ class EndpointActor:
     # -- messages ---------------------------------------------------------------
 
     async def _handle(self, message: ActorMessage) -> None:
-        now = anyio.current_time()
+        now = self._clock()
         match message:
             case Sample():
                 await self._on_sample(message, now)
