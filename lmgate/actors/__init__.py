@@ -14,8 +14,8 @@ __all__ = [
     "ProbeReport",
     "PsutilReader",
     "Resilience",
-    "ResourceRecommendationChanged",
     "Resolver",
+    "ResourceRecommendationChanged",
     "WarmUp",
     "run_resource_sampler",
 ]
