@@ -336,6 +336,8 @@ class Scheduler:
         """
         if not callable(call):
             raise InvalidParameter("call must be an async callable taking the lease", field="call")
+        if type(priority) is not int:
+            priority = _as_priority(priority)
         if self._retrying is not None:
             if type(idempotent) is not bool:
                 raise InvalidParameter("idempotent must be a bool", field="idempotent")
@@ -437,6 +439,8 @@ class Scheduler:
         response stream closed later); ``run()`` and ``lease()`` are safer.
         The deadline is not enforced on the work: check ``lease.remaining()``.
         """
+        if type(priority) is not int:
+            priority = _as_priority(priority)
         deadline = self._deadline(model, priority, timeout)
         if type(model) is not str:
             model = str.__str__(model)
@@ -484,6 +488,15 @@ class Scheduler:
             )
         if timeout is None:
             return math.inf
+        if (
+            type(timeout) not in (int, float)
+            and isinstance(timeout, int | float)
+            and not isinstance(timeout, bool)
+        ):
+            # A float or int subclass (numpy.float64, IntEnum) counts as its value.
+            timeout = (
+                float.__float__(timeout) if isinstance(timeout, float) else int.__index__(timeout)
+            )
         if type(timeout) not in (int, float) or timeout != timeout or timeout < 0:  # type: ignore[operator]
             raise InvalidParameter("timeout must be None or a number >= 0", field="timeout")
         if timeout == math.inf:
@@ -608,6 +621,19 @@ class Scheduler:
             f"<Scheduler {state} endpoints={[e.name for e in self._endpoints]}"
             f" queued={adm.queued} in_flight={adm.in_flight}>"
         )
+
+
+def _as_priority(priority: object) -> int:
+    """An int subclass (an ``IntEnum`` level) as its plain value; anything else refused.
+
+    The plain value is what the queue hashes and compares, so a subclass
+    with odd comparisons cannot reach it.
+    """
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        return int.__index__(priority)
+    raise InvalidParameter(
+        f"priority must be an int in [-{_MAX_PRIORITY}, {_MAX_PRIORITY}]", field="priority"
+    )
 
 
 def _coordination_outcome(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ import lmgate
 from lmgate import (
     DeadlineExceeded,
     EndpointUnavailable,
+    InvalidParameter,
     Lease,
     Overloaded,
     Rejected,
@@ -799,3 +800,29 @@ class _Crashy(msgspec.Struct, frozen=True):
 class _CrashyState(_StepUpState):
     def update(self, sample: Sample, now: float) -> int:
         raise RuntimeError("policy bug")
+
+
+@pytest.mark.anyio
+async def test_intenum_priority_and_float_subclass_timeout_are_their_values() -> None:
+    """An IntEnum priority level and a float-subclass timeout are taken as plain values."""
+    import enum
+
+    class Level(enum.IntEnum):
+        URGENT = 0
+        BATCH = 5
+
+    class Seconds(float):
+        pass
+
+    async with _sched(1) as sched:
+
+        async def call(lease: Lease) -> int:
+            return lease.priority
+
+        got = await sched.run(call, model="m", priority=Level.BATCH, timeout=Seconds(5.0))
+        assert got == 5
+        assert type(got) is int
+        async with sched.lease(model="m", priority=Level.URGENT) as lease:
+            assert type(lease.priority) is int
+        with pytest.raises(InvalidParameter):
+            await sched.run(call, model="m", priority=True)
