@@ -32,7 +32,8 @@ def _servers() -> dict[str, SimServer]:
             port=8080,
             slots=24,
             knee=16,
-            base_step=0.002,
+            base_step=0.001,
+            slope_below=0.00005,
             slope_above=0.0004,
             output_tokens=Dist.uniform(8, 32),
             seed=1,
@@ -54,7 +55,8 @@ def _servers() -> dict[str, SimServer]:
             port=8000,
             slots=12,
             knee=8,
-            base_step=0.004,
+            base_step=0.002,
+            slope_below=0.0001,
             slope_above=0.001,
             output_tokens=Dist.uniform(8, 32),
             seed=3,
@@ -100,7 +102,7 @@ def _table(sched: lmgate.Scheduler, servers: dict[str, SimServer], elapsed: floa
 
 
 async def run_demo(
-    *, seconds: float = 10.0, clients: int = 6, live: bool = True, policy: str = "fixed"
+    *, seconds: float = 10.0, clients: int = 6, live: bool = True, policy: str = "adaptive"
 ) -> int:
     """Run the demo; returns a process exit code."""
     limit: LimitPolicy = Fixed(12) if policy == "fixed" else Adaptive()

@@ -23,8 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--policy",
         choices=["adaptive", "fixed"],
-        default="fixed",
-        help="limit policy: Fixed(12) (default) or lmgate's Adaptive",
+        default="adaptive",
+        help="limit policy: lmgate's Adaptive (default) or Fixed(12)",
     )
 
     probe = sub.add_parser("probe", help="identify the model server at URL")
