@@ -469,6 +469,24 @@ class AdaptiveState:
 
     # -- reporting -----------------------------------------------------------
 
+    def reset(self) -> None:
+        """Forget every latency measured so far, keeping the limit in force.
+
+        Called when the model behind the endpoint changed (a new digest under
+        the same name): its old latencies say nothing about the new model,
+        so the next windows measure afresh and a probe run follows.
+        """
+        self._probe_level = 0
+        self._pending = None
+        self._ref = None
+        self._before = None
+        self._ratio = _NAN
+        self._obs = []
+        self._recent.clear()
+        self._urgent = True
+        self._next_probe = -math.inf
+        self._window_start = -math.inf
+
     def statistics(self) -> LimitStatistics:
         detail = {name: float(value) for name, value in self._counts.items()}
         detail["probing"] = float(self._probe_level != 0 or self._pending is not None)

@@ -537,3 +537,45 @@ class AdaptiveMachine(RuleBasedStateMachine):
 
 TestAdaptiveMachine = AdaptiveMachine.TestCase
 TestAdaptiveMachine.settings = settings(max_examples=40, stateful_step_count=60, deadline=None)
+
+
+def test_reset_forgets_latencies_and_keeps_the_limit() -> None:
+    """After a model swap the state measures afresh from the limit it held."""
+    from lmgate.policies import Adaptive, Sample
+
+    state = Adaptive(seed=3).build()
+    now = 0.0
+    for i in range(400):
+        now = i * 0.05
+        state.update(
+            Sample(
+                start=now - 1.0,
+                duration=1.0,
+                in_flight=state.limit,
+                outcome="success",
+                ttft=0.1,
+                prompt_tokens=100,
+                output_tokens=50,
+            ),
+            now,
+        )
+    held = state.limit
+    state.reset()
+    assert state.limit == held
+    for i in range(400, 800):
+        now = i * 0.05
+        limit = state.update(
+            Sample(
+                start=now - 2.0,
+                duration=2.0,
+                in_flight=state.limit,
+                outcome="success",
+                ttft=0.2,
+                prompt_tokens=100,
+                output_tokens=50,
+            ),
+            now,
+        )
+        assert 1 <= limit
+    stats = state.statistics()
+    assert stats.samples > 0
