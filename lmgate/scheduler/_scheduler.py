@@ -567,6 +567,10 @@ class Scheduler:
         """
         self._watch.add(hook)
 
+    def statistics(self) -> Stats:
+        """The same snapshot as :meth:`stats` (the name every stateful lmgate object uses)."""
+        return self.stats()
+
     def stats(self) -> Stats:
         """A consistent snapshot of queue, in-flight, limits, states and outcomes."""
         adm = self._admission
