@@ -181,8 +181,8 @@ async def run_chaos(
                 outcome = "unavailable"
             except lmgate.SchedulerClosed:
                 outcome = "closed"
-            except lmgate.ContextOverflow:
-                outcome = "context_overflow"
+            except lmgate.ContextOverflow as exc:
+                outcome = "rejected" if exc.before_send else "failed"
             except Exception:
                 outcome = "failed"
         if scope.cancelled_caught:

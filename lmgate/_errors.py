@@ -57,10 +57,20 @@ class ContextOverflow(LmgateError):
     Carries both numbers so a caller can decide how much to cut.
     """
 
-    def __init__(self, message: str, *, tokens: int | None = None, window: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        tokens: int | None = None,
+        window: int | None = None,
+        before_send: bool = False,
+    ):
         super().__init__(message)
         self.tokens = tokens
         self.window = window
+        #: True when lmgate refused the prompt itself, before anything was
+        #: sent (the request ends ``rejected``); False when a server said so.
+        self.before_send = before_send
 
 
 @final

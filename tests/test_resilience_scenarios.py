@@ -119,8 +119,8 @@ class World:
             except lmgate.SchedulerClosed:
                 self.client["closed"] += 1
                 return
-            except lmgate.ContextOverflow:
-                self.client["context_overflow"] += 1
+            except lmgate.ContextOverflow as exc:
+                self.client["rejected" if exc.before_send else "failed"] += 1
             except Exception:
                 self.client["failed"] += 1
                 await anyio.sleep(0.05)

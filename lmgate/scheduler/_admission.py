@@ -302,8 +302,9 @@ class Admission:
             elif isinstance(error, DeadlineExceeded):
                 # A transport releasing an acquire()d lease at its deadline.
                 result = "deadline_exceeded"
-            elif isinstance(error, ContextOverflow):
-                result = "context_overflow"
+            elif isinstance(error, ContextOverflow) and error.before_send:
+                # The prompt fit no window: refused by lmgate, nothing sent.
+                result = "rejected"
         if count:
             self.outcomes[result] += 1
         duration = now - lease.granted_at

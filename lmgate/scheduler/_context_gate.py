@@ -8,7 +8,7 @@ default): an endpoint whose known window is smaller can never serve it.
 That becomes the request's ``min_window``, which admission respects when
 it grants now, hands a freed slot over or dispatches; a request that no
 endpoint could ever fit is refused at once with ``ContextOverflow``,
-counted as submitted and ended ``context_overflow``, and nothing else moves.
+counted as submitted and ended ``rejected``, and nothing else moves.
 
 Once granted, the prompt is fitted to *that* endpoint's window with its
 strategy -- the scheduler's ``context=`` if given, else the default for
@@ -16,7 +16,7 @@ the endpoint's locality -- and exposed as ``lease.fitted`` and
 ``lease.messages``.  If it still does not fit (a counter calibrated
 differently, a failed summary), ``ContextOverflow`` is raised inside the
 request before anything is sent: the lease is released with a
-``client_error`` sample and the request ends ``context_overflow``.
+``client_error`` sample and the request ends ``rejected``.
 
 Tokens are counted with the endpoint's own calibrated counter once it has
 seen enough usage reports (``lease.report(prompt_tokens=...)`` after a call
@@ -212,7 +212,7 @@ class ContextGate:
         if not fit_needs and not unknown:
             self._counters.record_overflow()
             adm.submitted += 1
-            adm.outcomes["context_overflow"] += 1
+            adm.outcomes["rejected"] += 1
             least = min(reaches.values()) + reserve
             largest = max(w for _, w, _ in known)
             error = ContextOverflow(
@@ -220,9 +220,10 @@ class ContextGate:
                 f" after every strategy; the largest window serving {model!r} is {largest}",
                 tokens=least,
                 window=largest,
+                before_send=True,
             )
             if adm.watch is not None:
-                adm.watch.refused(model, priority, "context_overflow", error, adm.clock())
+                adm.watch.refused(model, priority, "rejected", error, adm.clock())
             raise error
         floor = max(unfit_windows) + 1 if unfit_windows else 0
         if not fit_needs:
@@ -254,8 +255,9 @@ class ContextGate:
                     threshold=self._settings.threshold * lease._admission.context_factor,
                     deadline=lease.deadline,
                 )
-            except ContextOverflow:
+            except ContextOverflow as exc:
                 self._counters.record_overflow()
+                exc.before_send = True
                 raise
         lease.fitted = fitted
         lease.messages = fitted.to_dicts()

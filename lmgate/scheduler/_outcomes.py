@@ -25,7 +25,6 @@ OUTCOMES = (
     "closed",
     # The prompt did not fit the window: refused before it was sent (the
     # scheduler's own check) or by the server (a transport's ContextOverflow).
-    "context_overflow",
 )
 
 

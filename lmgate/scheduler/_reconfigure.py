@@ -19,7 +19,7 @@ await, so no request ever sees half of it:
   context settings change in place;
 - requests still queued for a model nobody serves any more end
   ``unavailable``, and those whose prompt no remaining window can take end
-  ``context_overflow``.
+  ``rejected`` (with ``ContextOverflow``).
 
 Refused whole, with a ``ConfigRefused`` event naming the reason and the
 old config kept: a config that fails validation; one without endpoints;
@@ -350,8 +350,9 @@ class Reconfigurer:
                             f"no endpoint left for {model!r} has a window of {need} tokens",
                             tokens=need,
                             window=largest,
+                            before_send=True,
                         ),
-                        "context_overflow",
+                        "rejected",
                     )
 
     def __repr__(self) -> str:

@@ -83,7 +83,7 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     fallbacks: int = 0
     #: Prompts fitted to their endpoint's window (requests with ``messages=``):
     #: strategies applied, what they cut, and the overflows.  A prompt no
-    #: window could take ends its request in ``outcomes["context_overflow"]``.
+    #: window could take ends its request in ``outcomes["rejected"]``.
     context: ContextStatistics | None = None
     #: Resource pressure and what admission does about it (shedding,
     #: pausing, a smaller context threshold); the listeners behind loopback

@@ -176,7 +176,8 @@ async def test_impossible_prompt_is_refused_before_admission() -> None:
     assert info.value.tokens > 50_000
     assert after.submitted == before.submitted + 1
     moved = {k: after.outcomes[k] - before.outcomes[k] for k in after.outcomes}
-    assert moved == {**dict.fromkeys(before.outcomes, 0), "context_overflow": 1}
+    assert moved == {**dict.fromkeys(before.outcomes, 0), "rejected": 1}
+    assert info.value.before_send
     assert (after.queued, after.in_flight, after.peak_queued) == (0, 0, before.peak_queued)
     for b, a in zip(before.endpoints, after.endpoints, strict=True):
         assert (a.samples, a.peak_in_flight, a.by_class) == (
@@ -211,7 +212,7 @@ async def test_overflow_after_the_grant_releases_the_lease() -> None:
         await anyio.wait_all_tasks_blocked()
         stats = sched.stats()
     assert calls == []
-    assert stats.outcomes["context_overflow"] == 2
+    assert stats.outcomes["rejected"] == 2
     assert stats.in_flight == 0
     (ep,) = stats.endpoints
     assert ep.by_class["client_error"] == 2  # the endpoint is not blamed

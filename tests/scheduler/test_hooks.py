@@ -347,8 +347,8 @@ def test_a_refusal_counted_outside_admission_reaches_the_hooks() -> None:
     rec = Recorder()
     sched = lmgate.Scheduler([endpoint("gpu", "m")], hooks=[rec])
     error = lmgate.ContextOverflow("too long", tokens=10, window=5)
-    sched._watch.refused("m", 3, "context_overflow", error, 1.0)
-    assert rec.outcomes() == Counter(context_overflow=1)
+    sched._watch.refused("m", 3, "rejected", error, 1.0)
+    assert rec.outcomes() == Counter(rejected=1)
     ((_, _, kw),) = [c for c in rec.calls if c[0] == "end"]
     assert kw["error"] is error
     assert kw["endpoint"] is None

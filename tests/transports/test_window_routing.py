@@ -72,7 +72,7 @@ async def test_prompt_no_window_takes_is_refused_before_sending() -> None:
     assert r.json()["error"]["code"] == "context_length_exceeded"
     assert small.statistics().requests == 0
     assert raising.statistics().context_overflows == 1
-    assert stats.outcomes["context_overflow"] == 2
+    assert stats.outcomes["rejected"] == 2
 
 
 @pytest.mark.anyio
