@@ -575,6 +575,7 @@ class Scheduler:
         """A consistent snapshot of queue, in-flight, limits, states and outcomes."""
         adm = self._admission
         eps = []
+        throttles = adm.throttling.statistics() if adm.throttling is not None else {}
         for slot, state in zip(adm.slots, self._limit_states, strict=True):
             if self._reconf.hidden(slot):  # removed from the config, and drained
                 continue
@@ -599,6 +600,7 @@ class Scheduler:
                     dropped_samples=slot.dropped_samples,
                     policy=state.statistics(),
                     discovery=self._discovery.statistics_for(slot.endpoint.name),
+                    throttle=throttles.get(slot.endpoint.name),
                     **(resilience_fields(a) if a else {}),
                 )
             )

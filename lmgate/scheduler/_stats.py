@@ -9,6 +9,7 @@ import msgspec
 from lmgate._events import EventHubStatistics
 from lmgate.policies._context_report import ContextStatistics
 from lmgate.policies._limit import LimitStatistics
+from lmgate.policies._throttle import ThrottleStatistics
 from lmgate.scheduler._discovery_watch import DiscoveryStatistics
 from lmgate.scheduler._pressure import ResourcesStatistics
 
@@ -58,6 +59,8 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     cold_requests: int = 0
     #: What probing the server taught (``Endpoint(probe=True)`` only).
     discovery: DiscoveryStatistics | None = None
+    #: Client-side throttling of this endpoint: window counts and refusals.
+    throttle: ThrottleStatistics | None = None
 
 
 @final
