@@ -69,7 +69,6 @@ from lmgate.policies._resilience_events import (
 from lmgate.policies._sample import OUTCOME_CLASSES, OutcomeClass, Sample
 from lmgate.scheduler._messages import (
     ControllerMessage,
-    ProbeResult,
     Routing,
     StateChanged,
     Tick,
@@ -219,8 +218,6 @@ class EndpointActor:
                     self._lifecycle.loaded(model)
                 else:
                     self._warmup_failures += 1
-            case ProbeResult(ok=ok, detail=detail):
-                await self._on_probe(HealthReport(ok=ok, url=self._url, detail=detail), now)
 
     async def _on_sample(self, sample: Sample, now: float) -> None:
         self._samples += 1

@@ -42,7 +42,7 @@ from lmgate.policies._health import (
     url_port,
 )
 from lmgate.policies._sample import Sample
-from lmgate.scheduler._messages import ProbeResult, Tick
+from lmgate.scheduler._messages import Tick
 
 __all__ = ["ActorMessage", "HealthMonitor", "HealthReport", "Moved", "WarmedUp"]
 
@@ -83,7 +83,7 @@ class WarmedUp(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 #: Everything an endpoint actor's mailbox carries.
-ActorMessage = Sample | Tick | ProbeResult | HealthReport | Moved | WarmedUp
+ActorMessage = Sample | Tick | HealthReport | Moved | WarmedUp
 
 #: The breaker's state and when its open time or hold ends, at ``now``.
 Pace = Callable[[float], tuple[BreakerStateName, float | None]]

@@ -138,7 +138,6 @@ class Admission:
         self.closed = False
         self.live: set[Lease] = set()
         self._drained: anyio.Event | None = None
-        self.on_finish: Callable[[Lease, str, OutcomeClass, float], None] | None = None
         #: Gives a cross-process slot back (set when a coordinator is used).
         self.on_release: Callable[[Lease], None] | None = None
         #: The slow path of submit (``_hooks.Watch``), installed only while
@@ -344,8 +343,6 @@ class Admission:
             self.throttling.record(slot, outcome, now)
         if lease._coordinated and self.on_release is not None:
             self.on_release(lease)
-        if self.on_finish is not None:
-            self.on_finish(lease, result, outcome, now)
         if count and lease._request is not None:
             lease._request.end(result, now, lease=lease, error=error)
         if self.queued and slot.routing == "up":

@@ -17,7 +17,6 @@ import anyio.abc
 from lmgate.scheduler._admission import Admission
 from lmgate.scheduler._messages import (
     ControllerMessage,
-    Kick,
     LimitChanged,
     StateChanged,
     UrlChanged,
@@ -51,8 +50,6 @@ class AdmissionController:
                         admission.set_state(index, routing, state, t, now)
                     case UrlChanged(endpoint=index, url=url):
                         admission.set_url(index, url)
-                    case Kick():
-                        pass
                 admission.dispatch(now)
 
     def __repr__(self) -> str:

@@ -16,9 +16,7 @@ from lmgate.policies._sample import Sample
 __all__ = [
     "ControllerMessage",
     "EndpointMessage",
-    "Kick",
     "LimitChanged",
-    "ProbeResult",
     "Routing",
     "StateChanged",
     "Tick",
@@ -47,11 +45,6 @@ class StateChanged(msgspec.Struct, frozen=True, tag=True):
 
 
 @final
-class Kick(msgspec.Struct, frozen=True, tag=True):
-    """Re-run dispatch (e.g. a hold time elapsed)."""
-
-
-@final
 class UrlChanged(msgspec.Struct, frozen=True, tag=True):
     """The endpoint's server answers at ``url`` now (it moved ports)."""
 
@@ -59,7 +52,7 @@ class UrlChanged(msgspec.Struct, frozen=True, tag=True):
     url: str
 
 
-ControllerMessage = LimitChanged | StateChanged | Kick | UrlChanged
+ControllerMessage = LimitChanged | StateChanged | UrlChanged
 
 
 @final
@@ -67,10 +60,5 @@ class Tick(msgspec.Struct, frozen=True, tag=True):
     """Time passed: let time-driven policies run."""
 
 
-@final
-class ProbeResult(msgspec.Struct, frozen=True, tag=True):
-    ok: bool
-    detail: str = ""
-
-
-EndpointMessage = Sample | Tick | ProbeResult
+#: What admission sends an endpoint actor (its own timers and probes add more).
+EndpointMessage = Sample | Tick

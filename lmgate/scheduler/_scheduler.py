@@ -20,7 +20,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
-from lmgate._backend import running_backend
+from lmgate._backend import backend_clock, running_backend
 from lmgate._chat import Message
 from lmgate._config_schema import ContextConfig
 from lmgate._endpoint import Endpoint
@@ -663,13 +663,14 @@ def _backend_primitives() -> tuple[
     anyio's portable wrappers find the backend on every call; on the
     per-request path that lookup costs more than the work it wraps.
     """
+    clock = backend_clock()
     if running_backend() == "trio":
         import trio
 
-        return trio.current_time, trio.Event, trio.CancelScope
+        return clock, trio.Event, trio.CancelScope
     import asyncio
 
-    return asyncio.get_running_loop().time, asyncio.Event, anyio.CancelScope
+    return clock, asyncio.Event, anyio.CancelScope
 
 
 def _default_limit() -> LimitPolicy:
