@@ -139,10 +139,12 @@ async def run_chaos(
     ]
     sched = lmgate.Scheduler(
         endpoints,
-        queue_size=2048,
-        retry=Retry(attempts=3),
-        fallbacks={"small": ["big"], "big": ["small"]},
-        resilience=Resilience(seed=seed),
+        queue=lmgate.QueueOptions(size=2048),
+        resilience=Resilience(
+            seed=seed,
+            retry=Retry(attempts=3),
+            fallbacks={"small": ("big",), "big": ("small",)},
+        ),
     )
     client: Counter[str] = Counter()
     started = 0

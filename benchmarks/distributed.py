@@ -159,7 +159,10 @@ async def overhead(redis_url: str | None, concurrency: int, requests: int) -> fl
         else None
     )
     async with lmgate.Scheduler(
-        _endpoints(), limit=Fixed(LIMIT), coordinator=coord, queue_size=4096
+        _endpoints(),
+        limit=Fixed(LIMIT),
+        coordinator=coord,
+        queue=lmgate.QueueOptions(size=4096),
     ) as sched:
         if coord is not None:
             while coord.link.mode != "connected":  # noqa: ASYNC110 (no event says so)

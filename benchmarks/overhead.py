@@ -62,7 +62,9 @@ def _endpoints() -> list[lmgate.Endpoint]:
 
 
 async def run_variant(concurrency: int, requests: int) -> float:
-    async with lmgate.Scheduler(_endpoints(), limit=Fixed(LIMIT), queue_size=4096) as sched:
+    async with lmgate.Scheduler(
+        _endpoints(), limit=Fixed(LIMIT), queue=lmgate.QueueOptions(size=4096)
+    ) as sched:
 
         async def one() -> None:
             await sched.run(_call, model="m")
@@ -71,7 +73,9 @@ async def run_variant(concurrency: int, requests: int) -> float:
 
 
 async def run_timeout_variant(concurrency: int, requests: int) -> float:
-    async with lmgate.Scheduler(_endpoints(), limit=Fixed(LIMIT), queue_size=4096) as sched:
+    async with lmgate.Scheduler(
+        _endpoints(), limit=Fixed(LIMIT), queue=lmgate.QueueOptions(size=4096)
+    ) as sched:
 
         async def one() -> None:
             await sched.run(_call, model="m", timeout=60.0)
@@ -80,7 +84,9 @@ async def run_timeout_variant(concurrency: int, requests: int) -> float:
 
 
 async def lease_variant(concurrency: int, requests: int) -> float:
-    async with lmgate.Scheduler(_endpoints(), limit=Fixed(LIMIT), queue_size=4096) as sched:
+    async with lmgate.Scheduler(
+        _endpoints(), limit=Fixed(LIMIT), queue=lmgate.QueueOptions(size=4096)
+    ) as sched:
 
         async def one() -> None:
             async with sched.lease(model="m") as lease:

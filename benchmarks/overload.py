@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from lmgate.sim._bench import main
+from lmgate.bench._suite import main
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

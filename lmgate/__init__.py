@@ -3,31 +3,27 @@
 The scheduler decides which endpoint serves a request and when: one admission
 controller with adaptive per-endpoint limits, one actor per endpoint for
 feedback and health, one deadline per request, and a lease that is always
-released.  The optional extras live in their own modules and are not
-imported here: ``lmgate.prometheus``, ``lmgate.otel``, and the Redis
-coordinator in ``lmgate.coordination``.
+released.  The front door holds what a user needs first; the rest lives in
+its subpackage: ``lmgate.policies`` (limits, breakers, retries),
+``lmgate.context`` (messages and fitting), ``lmgate.config``,
+``lmgate.events``, ``lmgate.transports`` (httpx and the openai SDK),
+``lmgate.detect``, ``lmgate.sim``, ``lmgate.security``,
+``lmgate.observability``.  The optional extras are not imported here:
+``lmgate.prometheus``, ``lmgate.otel``, and the Redis coordinator in
+``lmgate.coordination``.  See ARCHITECTURE.md for the map.
 """
 
-from lmgate import coordination, detect, policies, sim, transports
-from lmgate._chat import (
-    AssistantMessage,
-    Message,
-    SystemMessage,
-    ToolCall,
-    ToolMessage,
-    UserMessage,
-)
-from lmgate._config import (
-    Config,
-    ConfigApplied,
-    ConfigDiff,
-    ConfigRefused,
-    ConfigWatcher,
-    load_config,
-    write_config,
-)
-from lmgate._conversation import Conversation
-from lmgate._endpoint import Endpoint, EndpointRef
+from lmgate import config as config
+from lmgate import context as context
+from lmgate import coordination as coordination
+from lmgate import detect as detect
+from lmgate import events as events
+from lmgate import observability as observability
+from lmgate import policies as policies
+from lmgate import security as security
+from lmgate import sim as sim
+from lmgate import transports as transports
+from lmgate._endpoint import Endpoint, EndpointRef, ProbeReport
 from lmgate._errors import (
     ContextOverflow,
     DeadlineExceeded,
@@ -38,99 +34,126 @@ from lmgate._errors import (
     Rejected,
     SchedulerClosed,
 )
-from lmgate._events import Event, EventHub, Subscription
-from lmgate._exposure import ListenerReport, ServerExposed, ServerRunsAsRoot
-from lmgate._logging import RateLimitFilter
-from lmgate._params import SamplingParams, normalize_params
-from lmgate._secrets import RedactingFilter, Secret, SecretStr
-from lmgate.actors._resilience import ProbeReport, Resilience
-from lmgate.actors._resources import ResourceRecommendationChanged
-from lmgate.policies._context_report import ContextApplied
-from lmgate.policies._resilience_events import (
-    BreakerClosed,
-    BreakerHalfOpen,
-    BreakerOpened,
-    EndpointMoved,
-    EndpointStateChanged,
-    LimitChanged,
-    ModelChanged,
+from lmgate.actors._resilience import Resilience
+from lmgate.config import Config, load_config, write_config
+from lmgate.context import (
+    AssistantMessage,
+    Conversation,
+    Fitted,
+    Message,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
+    afit_messages,
+    fit_messages,
 )
-from lmgate.policies.context import Fitted, afit_messages, fit_messages, reachable_tokens
-from lmgate.scheduler import EndpointStats, Lease, Scheduler, Stats
-from lmgate.scheduler._discovery_watch import EndpointDiscovered, EndpointDiscoveryFailed
-from lmgate.scheduler._hooks import RequestHook
-from lmgate.scheduler._pressure import QueueShed, TempFilesCleaned
-from lmgate.scheduler._reconfigure import EndpointAdded, EndpointRemoved, LimitRebuilt
+from lmgate.policies import Adaptive, Fixed, default_limit
+from lmgate.scheduler import (
+    EndpointStats,
+    Lease,
+    QueueOptions,
+    RequestHook,
+    ResourceOptions,
+    Scheduler,
+    Stats,
+)
+from lmgate.security import Secret, SecretStr
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Adaptive",
     "AssistantMessage",
-    "BreakerClosed",
-    "BreakerHalfOpen",
-    "BreakerOpened",
     "Config",
-    "ConfigApplied",
-    "ConfigDiff",
-    "ConfigRefused",
-    "ConfigWatcher",
-    "ContextApplied",
     "ContextOverflow",
     "Conversation",
     "DeadlineExceeded",
     "Endpoint",
-    "EndpointAdded",
-    "EndpointDiscovered",
-    "EndpointDiscoveryFailed",
-    "EndpointMoved",
     "EndpointRef",
-    "EndpointRemoved",
-    "EndpointStateChanged",
     "EndpointStats",
     "EndpointUnavailable",
-    "Event",
-    "EventHub",
     "Fitted",
+    "Fixed",
     "InvalidParameter",
     "Lease",
-    "LimitChanged",
-    "LimitRebuilt",
-    "ListenerReport",
     "LmgateError",
     "Message",
-    "ModelChanged",
     "Overloaded",
     "ProbeReport",
-    "QueueShed",
-    "RateLimitFilter",
-    "RedactingFilter",
+    "QueueOptions",
     "Rejected",
     "RequestHook",
     "Resilience",
-    "ResourceRecommendationChanged",
-    "SamplingParams",
+    "ResourceOptions",
     "Scheduler",
     "SchedulerClosed",
     "Secret",
     "SecretStr",
-    "ServerExposed",
-    "ServerRunsAsRoot",
     "Stats",
-    "Subscription",
     "SystemMessage",
-    "TempFilesCleaned",
     "ToolCall",
     "ToolMessage",
     "UserMessage",
     "afit_messages",
-    "coordination",
-    "detect",
+    "default_limit",
     "fit_messages",
     "load_config",
-    "normalize_params",
-    "policies",
-    "reachable_tokens",
-    "sim",
-    "transports",
     "write_config",
 ]
+
+#: Names that were at the top before they moved to their subpackage: still
+#: served from here (with a DeprecationWarning) for one release.
+_MOVED = {
+    **{
+        name: "lmgate.events"
+        for name in (
+            "BreakerClosed",
+            "BreakerHalfOpen",
+            "BreakerOpened",
+            "ConfigApplied",
+            "ConfigRefused",
+            "ContextApplied",
+            "EndpointAdded",
+            "EndpointDiscovered",
+            "EndpointDiscoveryFailed",
+            "EndpointMoved",
+            "EndpointRemoved",
+            "EndpointStateChanged",
+            "Event",
+            "EventHub",
+            "LimitChanged",
+            "LimitRebuilt",
+            "ModelChanged",
+            "QueueShed",
+            "ResourceRecommendationChanged",
+            "ServerExposed",
+            "ServerRunsAsRoot",
+            "Subscription",
+            "TempFilesCleaned",
+        )
+    },
+    "ConfigDiff": "lmgate.config",
+    "ConfigWatcher": "lmgate.config",
+    "ListenerReport": "lmgate.security",
+    "RateLimitFilter": "lmgate.observability",
+    "RedactingFilter": "lmgate.security",
+    "SamplingParams": "lmgate.context",
+    "normalize_params": "lmgate.context",
+    "reachable_tokens": "lmgate.context",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lmgate' has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    warnings.warn(
+        f"lmgate.{name} moved to {home}.{name}; the old name goes away in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(home), name)

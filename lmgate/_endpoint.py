@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 
 from lmgate._errors import InvalidParameter
+from lmgate.detect._learn import endpoint_key, learn
+from lmgate.detect._probe import probe
 from lmgate.policies._classify import Classification
 from lmgate.policies._limit import LimitPolicy
 from lmgate.policies._sample import OutcomeClass
 
-if TYPE_CHECKING:
-    from lmgate.actors._resilience import ProbeReport
-
-__all__ = ["KINDS", "Endpoint", "EndpointRef"]
+__all__ = ["KINDS", "Endpoint", "EndpointRef", "HealthCheck", "ProbeReport"]
 
 #: Server kinds lmgate knows; ``unknown`` until a probe or the user says.
 KINDS = ("ollama", "llamacpp", "vllm", "lmstudio", "tgi", "localai", "openai", "sim", "unknown")
@@ -34,6 +34,23 @@ Classifier = Callable[[BaseException], OutcomeClass | Classification | None]
 #: A health check: given the endpoint, returns True when it is serving, or a
 #: ProbeReport when it knows more (loading, model identities).
 HealthCheck = Callable[["Endpoint"], Awaitable["bool | ProbeReport"]]
+
+
+@final
+class ProbeReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A health check's richer answer than ``True``/``False``.
+
+    ``loading`` says the server answers but is loading a model: traffic is
+    held, no failure is counted.  ``identities`` maps model names to their
+    build (digest, version, file): a change under the same name is a
+    different model and is reported as such.
+    """
+
+    ok: bool
+    loading: bool = False
+    identities: Mapping[str, str] = msgspec.field(default_factory=dict)
+    detail: str = ""
+
 
 _MAX_STR = 4096
 
@@ -114,15 +131,29 @@ class Endpoint(_Named, frozen=True, kw_only=True):
             _check_str("api_key_env", self.api_key_env)
 
     @classmethod
-    async def discover(cls, url: str, **fields: Any) -> Endpoint:
+    async def discover(
+        cls,
+        url: str,
+        *,
+        name: str | None = None,
+        model: str | None = None,
+        timeout: float = 2.0,  # noqa: ASYNC109 -- the probe's per-round bound
+        client: httpx.AsyncClient | None = None,
+        **fields: Any,
+    ) -> Endpoint:
         """Probe ``url`` and describe what answers there: kind, models, windows.
 
-        ``fields`` (name, limit, api_key_env, ...) are kept as given and win
-        over what the server says.
+        ``fields`` (limit, api_key_env, timeouts, ...) are kept as given and
+        win over what the server says.  Raises ``InvalidParameter`` for a
+        URL that cannot be probed or did not answer.
         """
-        from lmgate.detect._learn import discover
-
-        return await discover(url, **fields)
+        base = cls(name or _name_for(url), url=url, probe=True, **fields)
+        info = await probe(
+            url, model=model, client=client, timeout=timeout, api_key=endpoint_key(base)
+        )
+        if not info.reachable:
+            raise InvalidParameter(f"{url[:80]!r} did not answer: {info.error}", field="url")
+        return learn(base, info)
 
     def window_for(self, model: str) -> int | None:
         """The context window known for ``model`` here, if any."""
@@ -134,6 +165,13 @@ class Endpoint(_Named, frozen=True, kw_only=True):
             f"Endpoint({self.name!r}, url={self.url!r}, models={list(self.models)!r},"
             f" kind={self.kind!r}{key})"
         )
+
+
+def _name_for(url: str) -> str:
+    u = httpx.URL(url) if "://" in url else None
+    if u is None or not u.host:
+        return "endpoint"
+    return f"{u.host}:{u.port}" if u.port else u.host
 
 
 def _check_str(field: str, value: Any) -> None:

@@ -23,7 +23,14 @@ __all__ = [
 
 
 class LmgateError(Exception):
-    """Base class of every error raised by lmgate."""
+    """Base class of every error raised by lmgate.
+
+    ``message`` says what happened in words a log reader can act on; the
+    subclasses add the numbers (``reason``, ``tokens``, ``retry_after``...).
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
 
 
 @final

@@ -12,6 +12,6 @@ no-op.  Importing this module needs ``opentelemetry-api``; ``import lmgate``
 does not.
 """
 
-from lmgate._otel import ERROR_OUTCOMES, OtelHook, RequestSpans
+from lmgate.observability._otel import ERROR_OUTCOMES, OtelHook, RequestSpans
 
 __all__ = ["ERROR_OUTCOMES", "OtelHook", "RequestSpans"]

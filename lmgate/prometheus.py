@@ -11,7 +11,7 @@
 Importing this module needs ``prometheus-client``; ``import lmgate`` does not.
 """
 
-from lmgate._prometheus import (
+from lmgate.observability._prometheus import (
     DURATION_BUCKETS,
     QUEUE_WAIT_BUCKETS,
     LatencyHistograms,

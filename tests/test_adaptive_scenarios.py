@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from lmgate.bench._run import Trace, run_virtual
 from lmgate.policies._adaptive import Adaptive
 from lmgate.policies._limit import LimitStatistics
 from lmgate.policies._sample import Sample
 from lmgate.sim import load_scenario, parse_scenario
-from lmgate.sim._bench_run import Trace, run_virtual
 from lmgate.sim._scenarios import Scenario
 
 SERVER = """

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmgate._chat import (
+from lmgate._errors import InvalidParameter
+from lmgate.context._messages import (
     AssistantMessage,
     SystemMessage,
     ToolCall,
@@ -20,7 +21,6 @@ from lmgate._chat import (
     to_message,
     to_messages,
 )
-from lmgate._errors import InvalidParameter
 
 _text = st.text(max_size=20)
 _extra = st.dictionaries(

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmgate._config import (
+from lmgate._endpoint import Endpoint
+from lmgate._errors import InvalidParameter
+from lmgate.config import (
     Changed,
     Config,
     ConfigApplied,
@@ -27,11 +29,9 @@ from lmgate._config import (
     watch_config,
     write_config,
 )
-from lmgate._endpoint import Endpoint
-from lmgate._errors import InvalidParameter
-from lmgate._events import EventHub
+from lmgate.context._fit import Chain, Compress, SlidingWindow
+from lmgate.observability._events import EventHub
 from lmgate.policies._limit import Fixed
-from lmgate.policies.context import Chain, Compress, SlidingWindow
 
 BASE = """
 [limit]

@@ -11,7 +11,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from lmgate._chat import (
+from lmgate._errors import InvalidParameter
+from lmgate.context._conversation import Conversation
+from lmgate.context._journal import read_journal
+from lmgate.context._messages import (
     AssistantMessage,
     Message,
     SystemMessage,
@@ -19,9 +22,6 @@ from lmgate._chat import (
     ToolMessage,
     UserMessage,
 )
-from lmgate._conversation import Conversation
-from lmgate._errors import InvalidParameter
-from lmgate._journal import read_journal
 
 CALL = AssistantMessage(None, (ToolCall(id="c1", name="ls"), ToolCall(id="c2", name="pwd")))
 

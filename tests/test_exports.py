@@ -12,11 +12,19 @@ import lmgate
 PACKAGES = [
     "lmgate",
     "lmgate.actors",
+    "lmgate.bench",
+    "lmgate.cli",
+    "lmgate.config",
+    "lmgate.context",
     "lmgate.coordination",
     "lmgate.detect",
+    "lmgate.events",
+    "lmgate.observability",
     "lmgate.policies",
     "lmgate.scheduler",
+    "lmgate.security",
     "lmgate.sim",
+    "lmgate.sim.http",
     "lmgate.transports",
 ]
 
@@ -82,12 +90,57 @@ def test_design_api_is_exported() -> None:
         "InvalidParameter",
         "SchedulerClosed",
         "Overloaded",
-        "policies",
+        "Fixed",
+        "Adaptive",
+        "default_limit",
     }
     assert promised <= set(lmgate.__all__)
-    for name in promised - {"policies"}:
+    for name in promised - {"Fixed", "Adaptive", "default_limit"}:
         error = getattr(lmgate, name)
         if name not in {"Scheduler", "Endpoint", "Lease"}:
             assert issubclass(error, lmgate.LmgateError)
     assert hasattr(lmgate.policies, "Fixed")
     assert isinstance(lmgate.__version__, str)
+
+
+def test_front_door_is_small() -> None:
+    """The top level holds at most 45 names; events live in ``lmgate.events``."""
+    assert len(lmgate.__all__) <= 45
+    assert not set(lmgate.events.__all__) & set(lmgate.__all__)
+    assert "BreakerOpened" in lmgate.events.__all__
+    assert lmgate.default_limit() == lmgate.Adaptive()
+
+
+def test_moved_names_still_import_with_a_warning() -> None:
+    """A name that moved off the top level still resolves there, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match="lmgate.events"):
+        moved = lmgate.BreakerOpened  # type: ignore[attr-defined]
+    assert moved is lmgate.events.BreakerOpened
+    with pytest.warns(DeprecationWarning, match="lmgate.context"):
+        assert lmgate.normalize_params is lmgate.context.normalize_params  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        _ = lmgate.no_such_name  # type: ignore[attr-defined]
+
+
+def _public_objects() -> list[tuple[str, object]]:
+    out = []
+    for package in PACKAGES:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            out.append((f"{package}.{name}", getattr(module, name)))
+    return out
+
+
+@pytest.mark.parametrize(("name", "obj"), _public_objects(), ids=lambda v: str(v)[:60])
+def test_help_and_signature_work(name: str, obj: object) -> None:
+    """``help()`` renders and ``inspect.signature()`` resolves on every public name."""
+    import inspect
+    import pydoc
+
+    if isinstance(obj, type | types.FunctionType | types.ModuleType):
+        assert pydoc.render_doc(obj, renderer=pydoc.plaintext)
+    if callable(obj) and not isinstance(obj, types.ModuleType):
+        try:
+            inspect.signature(obj)
+        except ValueError:  # builtins without a signature (none of ours)
+            assert not getattr(obj, "__module__", "").startswith("lmgate"), name

@@ -16,8 +16,8 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 import lmgate
-from lmgate import _exposure
-from lmgate._exposure import (
+from lmgate.security import _exposure
+from lmgate.security._exposure import (
     LISTENERS,
     UNKNOWN,
     ListenerCache,
@@ -223,7 +223,9 @@ async def test_a_scheduler_checks_its_loopback_endpoints_at_start() -> None:
             lmgate.Endpoint("safe", url=f"http://localhost:{safe_port}", models=["m"]),
             lmgate.Endpoint("remote", url="http://10.0.0.1:8080", models=["m"]),
         ]
-        async with lmgate.Scheduler(endpoints) as sched:
+        async with lmgate.Scheduler(
+            endpoints, resources=lmgate.ResourceOptions(check_exposure=True)
+        ) as sched:
             with sched.events.subscribe() as sub, anyio.fail_after(30):
                 event = await sub.get()
             stats = sched.stats()
@@ -254,12 +256,16 @@ async def test_a_failing_check_never_stops_the_scheduler(
 
     caplog.set_level(logging.INFO, logger="lmgate.resources")
     ep = lmgate.Endpoint("gpu", url="http://127.0.0.1:9", models=["m"])
-    async with lmgate.Scheduler([ep]) as sched:
+    async with lmgate.Scheduler(
+        [ep], resources=lmgate.ResourceOptions(check_exposure=True)
+    ) as sched:
         assert await sched.run(call, model="m") == "gpu"
-        await anyio.wait_all_tasks_blocked()  # the check is in its thread
-    # Closing waits for the check's thread: its outcome is in by now.
+        # The check runs in a worker thread (which close would abandon, not
+        # wait for): wait here, in real time, for its outcome.
+        with anyio.fail_after(10):
+            while not any("PermissionError" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110 -- a worker thread, not a task, sets it
+                await anyio.sleep(0.01)
     assert sched.stats().resources.listeners == {}  # type: ignore[union-attr]
-    assert any("PermissionError" in r.getMessage() for r in caplog.records)
 
 
 def test_the_listener_cache_is_bounded_and_expires() -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmgate._errors import LmgateError
-from lmgate._journal import Journal, read_journal
+from lmgate.context._journal import Journal, read_journal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
 # of one record (a torn record) as well as between records -- no sleeps.
 WRITER = """
 import os, random, sys
-from lmgate._journal import Journal
+from lmgate.context._journal import Journal
 _write = os.write
 def chunked(fd, data):
     n = _write(fd, bytes(data[:65536]))

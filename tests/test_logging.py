@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmgate._errors import InvalidParameter
-from lmgate._logging import (
+from lmgate.observability._logging import (
     LogRateLimiter,
     RateLimitedLogger,
     RateLimitFilter,

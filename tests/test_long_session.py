@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from lmgate import Lease, Scheduler
-from lmgate._chat import (
+from lmgate.context._conversation import Conversation
+from lmgate.context._estimate import estimate_tokens, overhead
+from lmgate.context._messages import (
     AssistantMessage,
     Message,
     SystemMessage,
@@ -28,9 +30,7 @@ from lmgate._chat import (
     text_of,
     to_messages,
 )
-from lmgate._conversation import Conversation
-from lmgate._params import normalize_params
-from lmgate._tokens_estimate import estimate_tokens, overhead
+from lmgate.context._params import normalize_params
 from lmgate.policies import Fixed
 from lmgate.sim import SimServer
 

@@ -17,7 +17,7 @@ from opentelemetry.trace import StatusCode
 
 import lmgate
 from lmgate._endpoint import EndpointRef
-from lmgate._otel import OtelHook, RequestSpans
+from lmgate.observability._otel import OtelHook, RequestSpans
 from lmgate.policies import Fixed
 
 GPU = EndpointRef(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmgate._errors import InvalidParameter
-from lmgate._params import LIMITS, SamplingParams, normalize_params
+from lmgate.context._params import LIMITS, SamplingParams, normalize_params
 
 
 class Boom(Exception):

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import lmgate
 from lmgate._errors import InvalidParameter
-from lmgate._prometheus import LatencyHistograms, LmgateCollector
+from lmgate.observability._prometheus import LatencyHistograms, LmgateCollector
 from lmgate.policies import Fixed
 from lmgate.prometheus import instrument
 from lmgate.sim import Dist, SimServer
@@ -315,7 +315,9 @@ def test_a_real_scheduler_scraped_after_simulated_traffic() -> None:
 
         registry = CollectorRegistry()
         endpoints = [s.endpoint() for s in servers.values()]
-        async with lmgate.Scheduler(endpoints, limit=Fixed(2), queue_size=8) as sched:
+        async with lmgate.Scheduler(
+            endpoints, limit=Fixed(2), queue=lmgate.QueueOptions(size=8)
+        ) as sched:
             instrument(sched, registry=registry)
 
             async def client(priority: int) -> None:

@@ -83,9 +83,7 @@ class World:
         self.sched = Scheduler(
             eps,
             limit=Fixed(LIMIT),
-            retry=retry,
-            fallbacks=fallbacks,
-            resilience=Resilience(seed=SEED),
+            resilience=Resilience(seed=SEED, retry=retry, fallbacks=fallbacks or {}),
         )
         self.grants: list[tuple[float, str, str]] = []
         self.client: Counter[str] = Counter()
@@ -139,9 +137,9 @@ class World:
         clients: int = 24,
         model: str = "m",
         idempotent: bool = False,
-    ) -> tuple[lmgate.Stats, list[lmgate.Event]]:
+    ) -> tuple[lmgate.Stats, list[lmgate.events.Event]]:
         """Run clients and the fault ``timeline`` until ``end``; close; check the books."""
-        events: list[lmgate.Event] = []
+        events: list[lmgate.events.Event] = []
 
         async def main() -> lmgate.Stats:
             trio.lowlevel.add_instrument(self.identity)
@@ -406,7 +404,7 @@ def test_a_retry_never_waits_past_the_deadline() -> None:
     async def main() -> tuple[float, Any]:
         ep = Endpoint("a", url="http://127.0.0.1:8080", models=["m"])
         async with Scheduler(
-            [ep], limit=Fixed(2), retry=Retry(), resilience=Resilience(seed=1)
+            [ep], limit=Fixed(2), resilience=Resilience(seed=1, retry=Retry())
         ) as sched:
 
             async def overloaded(lease: lmgate.Lease) -> None:

@@ -18,10 +18,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 
 import lmgate
-from lmgate._secrets import resolve_api_key
 from lmgate.otel import OtelHook
 from lmgate.policies import Fixed
 from lmgate.prometheus import instrument
+from lmgate.security._secrets import resolve_api_key
 from lmgate.transports import ClientPool, openai_chat
 
 ENV = "LMGATE_LEAK_TEST_KEY"
@@ -95,11 +95,15 @@ async def test_a_planted_key_appears_nowhere(
     texts: list[str] = []
     errors: list[BaseException] = []
     leases: list[lmgate.Lease] = []
-    events: list[lmgate.Event] = []
+    events: list[lmgate.events.Event] = []
 
     pool = ClientPool(endpoints, transport=lambda ep: httpx.MockTransport(server))
     sched = lmgate.Scheduler(
-        endpoints, limit=Fixed(2), queue_size=4, hooks=[OtelHook(provider)], grace=0.5
+        endpoints,
+        limit=Fixed(2),
+        queue=lmgate.QueueOptions(size=4),
+        hooks=[OtelHook(provider)],
+        grace=0.5,
     )
     async with pool, sched:
         instrument(sched, registry=registry)

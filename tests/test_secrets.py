@@ -15,7 +15,14 @@ import pytest
 
 from lmgate._endpoint import Endpoint
 from lmgate._errors import InvalidParameter
-from lmgate._secrets import MASK, RedactingFilter, Secret, SecretStr, redact, resolve_api_key
+from lmgate.security._secrets import (
+    MASK,
+    RedactingFilter,
+    Secret,
+    SecretStr,
+    redact,
+    resolve_api_key,
+)
 
 KEY = "sk-test-PLANTED/key+0123456789abcdef"
 

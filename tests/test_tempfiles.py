@@ -11,8 +11,13 @@ import pytest
 
 import lmgate
 from lmgate._errors import InvalidParameter
-from lmgate._tempfiles import TEMP_PREFIX, clean_stale_temp_files, state_dirs_of, temp_path_for
 from lmgate.scheduler._pressure import TempFilesCleaned
+from lmgate.security._tempfiles import (
+    TEMP_PREFIX,
+    clean_stale_temp_files,
+    state_dirs_of,
+    temp_path_for,
+)
 
 NOW = 1_700_000_000.0
 DEAD_PID = 99_999_999  # above any kernel's pid_max
@@ -134,7 +139,9 @@ async def test_a_scheduler_cleans_its_state_dirs_at_start(tmp_path: Path) -> Non
     keep = tmp_path / "lmgate.toml"
     keep.write_bytes(b"[queue]\n")
     ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=["m"])
-    async with lmgate.Scheduler([ep], state_dirs=state_dirs_of(keep)) as sched:
+    async with lmgate.Scheduler(
+        [ep], resources=lmgate.ResourceOptions(state_dirs=state_dirs_of(keep))
+    ) as sched:
         with sched.events.subscribe() as sub, anyio.fail_after(30):
             event = await sub.get()
         stats = sched.stats()
@@ -149,8 +156,7 @@ async def test_a_scheduler_cleans_its_state_dirs_at_start(tmp_path: Path) -> Non
 
 def test_bad_state_dirs_are_refused() -> None:
     """state_dirs must be a list of paths."""
-    ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=["m"])
     for bad in ("/tmp", [3], [""], ["a\x00b"]):
         with pytest.raises(InvalidParameter) as info:
-            lmgate.Scheduler([ep], state_dirs=bad)  # type: ignore[arg-type]
-        assert info.value.field == "state_dirs"
+            lmgate.ResourceOptions(state_dirs=bad)  # type: ignore[arg-type]
+        assert info.value.field == "resources.state_dirs"

@@ -51,11 +51,19 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from lmgate._backend import backend_clock
 from lmgate._endpoint import Endpoint
-from lmgate._events import EventHub
 from lmgate.actors._health import ActorMessage, HealthMonitor, HealthReport, Moved, WarmedUp
+from lmgate.actors._messages import (
+    ControllerMessage,
+    Routing,
+    StateChanged,
+    Tick,
+    UrlChanged,
+)
+from lmgate.actors._messages import LimitChanged as LimitMessage
 from lmgate.actors._resilience import Resilience
 from lmgate.actors._statistics import EndpointActorStatistics, resilience_fields
 from lmgate.actors._timer import WakeTimer, warm_up
+from lmgate.observability._events import EventHub
 from lmgate.policies._breaker import BreakerStateName, Permit, Transition
 from lmgate.policies._health import url_port
 from lmgate.policies._limit import LimitState
@@ -67,14 +75,6 @@ from lmgate.policies._resilience_events import (
     moved_event,
 )
 from lmgate.policies._sample import OUTCOME_CLASSES, OutcomeClass, Sample
-from lmgate.scheduler._messages import (
-    ControllerMessage,
-    Routing,
-    StateChanged,
-    Tick,
-    UrlChanged,
-)
-from lmgate.scheduler._messages import LimitChanged as LimitMessage
 
 __all__ = ["EndpointActor", "EndpointActorStatistics", "resilience_fields"]
 

@@ -30,8 +30,9 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
-from lmgate._endpoint import Endpoint
-from lmgate.actors._resilience import ProbeReport, Resolver, needs_resolving
+from lmgate._endpoint import Endpoint, ProbeReport
+from lmgate.actors._messages import Tick
+from lmgate.actors._resilience import Resolver, needs_resolving
 from lmgate.policies._breaker import BreakerStateName
 from lmgate.policies._classify import classify
 from lmgate.policies._health import (
@@ -42,7 +43,6 @@ from lmgate.policies._health import (
     url_port,
 )
 from lmgate.policies._sample import Sample
-from lmgate.scheduler._messages import Tick
 
 __all__ = ["ActorMessage", "HealthMonitor", "HealthReport", "Moved", "WarmedUp"]
 

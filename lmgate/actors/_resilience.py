@@ -1,11 +1,12 @@
-"""How an endpoint actor keeps its endpoint honest: the one config for it.
+"""How failures are handled: the one config for breakers, probes, retries, throttling.
 
 ``Resilience`` gathers the sans-IO policies an endpoint actor drives (the
-circuit breaker, the probe pacing, the model lifecycle) with the few
+circuit breaker, the probe pacing, the model lifecycle), the request-level
+ones (retries, model fallbacks, client-side throttling) and the few
 pluggable pieces that do I/O (name resolution, the warm-up call), so a
-``Scheduler`` takes a single value for all of it.  ``ProbeReport`` is what a
-health check may answer instead of a bare ``bool`` when it knows more: that
-the server is loading a model, or which build of each model it serves.
+``Scheduler`` takes a single value for all of it.  ``ProbeReport`` (defined
+with ``Endpoint``) is what a health check may answer instead of a bare
+``bool`` when it knows more.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import final
 import anyio
 import msgspec
 
-from lmgate._endpoint import Endpoint
+from lmgate._endpoint import Endpoint, ProbeReport
 from lmgate._errors import InvalidParameter
+from lmgate._validate import check_float, check_int
 from lmgate.policies._breaker import Breaker
 from lmgate.policies._health import HealthSchedule
 from lmgate.policies._lifecycle import Lifecycle
-from lmgate.policies._limit import check_float
+from lmgate.policies._retry import Retry, check_fallbacks
+from lmgate.policies._throttle import Throttle
 
 __all__ = ["ProbeReport", "Resilience", "Resolver", "WarmUp", "default_resolve", "needs_resolving"]
 
@@ -51,46 +54,46 @@ def needs_resolving(host: str | None) -> bool:
 
 
 @final
-class ProbeReport(msgspec.Struct, frozen=True, kw_only=True):
-    """A health check's richer answer than ``True``/``False``.
-
-    ``loading`` says the server answers but is loading a model: traffic is
-    held, no failure is counted.  ``identities`` maps model names to their
-    build (digest, version, file): a change under the same name is a
-    different model and is reported as such.
-    """
-
-    ok: bool
-    loading: bool = False
-    identities: Mapping[str, str] = msgspec.field(default_factory=dict)
-    detail: str = ""
-
-
-@final
 class Resilience(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Breaker, probing and model-lifecycle settings for every endpoint actor.
+    """How the scheduler handles failing endpoints and failed calls.
+
+    ``breaker``, ``probes`` and ``lifecycle`` drive each endpoint actor:
+    when to stop sending, how often to check, how a cold or swapped model
+    is treated.  ``retry`` (None: no retries) and ``fallbacks`` (model ->
+    models to try next, within the same deadline) apply to calls that are
+    idempotent or failed before anything was sent.  ``throttle`` refuses
+    part of the traffic to an endpoint that is refusing most of it, as the
+    SRE book's client-side throttling does (None: off).
 
     ``seed`` makes the jitter of open times, probe pacing and retry backoff
     reproducible (None draws from the system).  ``resolve`` re-resolves an
-    endpoint's host name before each probe, under ``resolve_timeout``, so a
-    container that came back under a new address is noticed (None: never).
-    ``warmup``, when given, is called once per model at start for endpoints
-    declared with ``warmup=True``, under ``warmup_timeout``.  A call still
-    running at its request's deadline counts against the endpoint only if
-    it ran at least ``timeout_evidence`` times the model's warm latency: a
-    request that spent its time queueing and got a slot with a moment left
-    says nothing about the server.
+    endpoint's host name on each health probe, so a server or
+    container that came back under a new address is noticed; it is off by
+    default (no resolver, no thread) -- pass ``resolve=default_resolve`` to
+    turn it on.  ``warmup``, when given, is called once per model at start
+    for endpoints declared with ``warmup=True``, under ``warmup_timeout``.
+    A call still running at its request's deadline counts against the
+    endpoint only if it ran at least ``timeout_evidence`` times the model's
+    warm latency: a request that spent its time queueing and got a slot
+    with a moment left says nothing about the server.  ``tick_interval``
+    is the actors' timer granularity (seconds) and ``mailbox_size`` the
+    bound of every actor mailbox.
     """
 
     breaker: Breaker = msgspec.field(default_factory=Breaker)
     probes: HealthSchedule = msgspec.field(default_factory=HealthSchedule)
     lifecycle: Lifecycle = msgspec.field(default_factory=Lifecycle)
     seed: int | None = None
-    resolve: Resolver | None = default_resolve
+    resolve: Resolver | None = None
     resolve_timeout: float = 1.0
     warmup: WarmUp | None = None
     warmup_timeout: float = 300.0
     timeout_evidence: float = 2.0
+    retry: Retry | None = None
+    fallbacks: Mapping[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
+    throttle: Throttle | None = msgspec.field(default_factory=Throttle)
+    tick_interval: float = 1.0
+    mailbox_size: int = 4096
 
     def __post_init__(self) -> None:
         for field, kind in (("breaker", Breaker), ("probes", HealthSchedule)):
@@ -109,3 +112,10 @@ class Resilience(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         check_float("resolve_timeout", self.resolve_timeout, low=0.0, low_open=True, high=60.0)
         check_float("warmup_timeout", self.warmup_timeout, low=0.0, low_open=True, high=86_400.0)
         check_float("timeout_evidence", self.timeout_evidence, low=0.0, high=1000.0)
+        if self.retry is not None and not isinstance(self.retry, Retry):
+            raise InvalidParameter("retry must be a Retry or None", field="retry")
+        msgspec.structs.force_setattr(self, "fallbacks", check_fallbacks(self.fallbacks))
+        if self.throttle is not None and not isinstance(self.throttle, Throttle):
+            raise InvalidParameter("throttle must be a Throttle or None", field="throttle")
+        check_float("tick_interval", self.tick_interval, low=0.0, low_open=True, high=3600.0)
+        check_int("mailbox_size", self.mailbox_size, low=1, high=10_000_000)

@@ -25,9 +25,9 @@ import psutil  # type: ignore[import-untyped]
 from anyio.abc import TaskStatus
 
 from lmgate._errors import InvalidParameter
-from lmgate._events import Event
-from lmgate._logging import RateLimitedLogger
-from lmgate.policies._limit import check_float
+from lmgate._validate import check_float
+from lmgate.observability._events import Event
+from lmgate.observability._logging import RateLimitedLogger
 from lmgate.policies.resources import (
     DiskReading,
     EndpointConnections,
@@ -158,7 +158,7 @@ class PsutilReader:
     async def __call__(self) -> ResourceReadings:
         # Not abandoned on cancel: the read is bounded (the GPU query has its
         # own timeout), and no thread may outlive the scheduler.
-        return await anyio.to_thread.run_sync(self.read_blocking)
+        return await anyio.to_thread.run_sync(self.read_blocking, abandon_on_cancel=True)
 
     def read_blocking(self) -> ResourceReadings:
         """One snapshot, blocking; call it from a worker thread."""

@@ -19,8 +19,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from lmgate._endpoint import Endpoint
 from lmgate.actors._health import ActorMessage, WarmedUp
+from lmgate.actors._messages import Tick
 from lmgate.actors._resilience import WarmUp
-from lmgate.scheduler._messages import Tick
 
 __all__ = ["WakeTimer", "warm_up"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import final
 
-from lmgate._events import Event
+from lmgate.observability._events import Event
 
 __all__ = [
     "CoordinationLost",

@@ -9,7 +9,7 @@ limit on the shared limit or the share accordingly (see ``_fallback``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
 import anyio
 
@@ -20,10 +20,7 @@ from lmgate.coordination._events import (
     CoordinationRestored,
 )
 from lmgate.coordination._scripts import notify_channel
-from lmgate.coordination._shared import Fault, SharedEndpoint
-
-if TYPE_CHECKING:
-    from lmgate.coordination._redis import Redis
+from lmgate.coordination._shared import Fault, Hub, SharedEndpoint
 
 __all__ = ["LinkKeeper"]
 
@@ -32,7 +29,7 @@ __all__ = ["LinkKeeper"]
 class LinkKeeper:
     """The tasks and transitions of one coordinator's link to Redis."""
 
-    def __init__(self, coord: Redis) -> None:
+    def __init__(self, coord: Hub) -> None:
         self.c = coord
         self._news: anyio.Event | None = None
         self._connected_once = False
@@ -174,7 +171,7 @@ class LinkKeeper:
                     self.lose(f"pub/sub: {type(exc).__name__}: {exc}"[:300])
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(s.op_s):
-                    await ps.aclose()  # type: ignore[no-untyped-call]
+                    await ps.aclose()
 
     def _dispatch(self, msg: dict[str, Any], channels: dict[bytes, SharedEndpoint]) -> None:
         channel = msg.get("channel")

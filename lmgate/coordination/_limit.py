@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import cast, final
+from typing import final
 
 import msgspec
 
@@ -58,7 +58,7 @@ def decode_sample(raw: bytes, now: float) -> Sample | None:
         ttft = None
     if ra is not None and not 0.0 <= ra < math.inf:
         ra = None
-    out = cast(OutcomeClass, outcome)
+    out: OutcomeClass = outcome
     return Sample(
         start=now - d,
         duration=d,

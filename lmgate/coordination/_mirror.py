@@ -21,7 +21,7 @@ from typing import Literal, cast, final, get_args
 
 import msgspec
 
-from lmgate.scheduler._messages import Routing
+from lmgate.actors._messages import Routing
 
 __all__ = ["RouteState", "StateMirror", "decode_report", "encode_report", "severity", "worst"]
 

@@ -24,7 +24,6 @@ import anyio.abc
 from lmgate._backend import running_backend
 from lmgate._endpoint import Endpoint
 from lmgate._errors import InvalidParameter, SchedulerClosed
-from lmgate._events import Event
 from lmgate.coordination._book import Want
 from lmgate.coordination._calls import Scripts
 from lmgate.coordination._fallback import Link
@@ -33,6 +32,7 @@ from lmgate.coordination._limit import SharedLimit
 from lmgate.coordination._settings import Settings, redact
 from lmgate.coordination._shared import Fault, SharedEndpoint
 from lmgate.coordination._statistics import EndpointCoordination, RedisStatistics
+from lmgate.observability._events import Event
 from lmgate.policies._limit import FixedState, LimitPolicy, LimitState
 from lmgate.scheduler._coordinator import CoordinatorHandle
 from lmgate.scheduler._lease import Lease

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float
+from lmgate._validate import check_float
 
 __all__ = ["Settings", "redact"]
 

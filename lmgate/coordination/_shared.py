@@ -17,15 +17,16 @@ over: it rebuilds the policy from the most recent samples kept in Redis.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
 
 import anyio
 
 from lmgate._errors import SchedulerClosed
 from lmgate.coordination._book import Batch, Book, Want
-from lmgate.coordination._calls import control_call, rejoin_call, sync_call
+from lmgate.coordination._calls import Scripts, control_call, rejoin_call, sync_call
 from lmgate.coordination._events import LeadershipChanged, SharedLimitPublished, SharedStateApplied
-from lmgate.coordination._fallback import fallback_limit
+from lmgate.coordination._fallback import Link, fallback_limit
 from lmgate.coordination._limit import SharedLimit, decode_sample
 from lmgate.coordination._mirror import (
     StateMirror,
@@ -35,12 +36,17 @@ from lmgate.coordination._mirror import (
     worst,
 )
 from lmgate.coordination._scripts import Keys, notify_channel
+from lmgate.coordination._settings import Settings
+from lmgate.observability._events import Event
 from lmgate.policies._limit import LimitPolicy, LimitState
+from lmgate.scheduler._coordinator import CoordinatorHandle
 
 if TYPE_CHECKING:
-    from lmgate.coordination._redis import Redis
+    import redis.asyncio
 
-__all__ = ["Fault", "SharedEndpoint"]
+__all__ = ["Fault", "Hub", "SharedEndpoint"]
+
+T = TypeVar("T")
 
 _WARM = 1000
 _READ = 512
@@ -51,13 +57,44 @@ class Fault(Exception):
     """A Redis command failed or took longer than ``op_timeout``."""
 
 
+class Hub(Protocol):
+    """What an endpoint's loops and the link keeper use of their coordinator.
+
+    ``coordination.Redis`` is the one implementation; naming the part used
+    here keeps the graph one-way (the coordinator imports its loops, never
+    the reverse).
+    """
+
+    settings: Settings
+    owner: str
+    epoch_candidate: str
+    link: Link
+    eps: dict[str, SharedEndpoint]
+    errors: int
+    last_error: str
+
+    @property
+    def handle(self) -> CoordinatorHandle: ...
+    @property
+    def client(self) -> redis.asyncio.Redis: ...
+    @property
+    def client_or_none(self) -> redis.asyncio.Redis | None: ...
+    @property
+    def scripts(self) -> Scripts: ...
+    def handle_closed(self) -> bool: ...
+    async def op(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
+    def publish(self, event: Event) -> None: ...
+    def lose(self, reason: str) -> None: ...
+    async def apply_limit(self, sh: SharedEndpoint) -> None: ...
+
+
 @final
 class SharedEndpoint:
     """The coordinator's state for one endpoint and the loops that move it."""
 
     def __init__(
         self,
-        coord: Redis,
+        coord: Hub,
         name: str,
         limit: SharedLimit,
         policy: LimitPolicy | None,

@@ -10,7 +10,7 @@ it is a self-hosted model server or a cloud API.
 from lmgate.detect._cache import ProbeCache, ProbeCacheStatistics
 from lmgate.detect._evidence import Observation
 from lmgate.detect._fingerprint import Evidence, Verdict, decide
-from lmgate.detect._learn import HealthAnswer, discover, health_check, health_status, learn
+from lmgate.detect._learn import HealthAnswer, health_check, health_status, learn
 from lmgate.detect._locality import Locality, UrlLocality, classify_url, locality
 from lmgate.detect._probe import ServerInfo, invalidate, probe, server_root
 from lmgate.detect._tokens import TokenCount, TokenEstimator, TokenEstimatorStatistics, count_tokens
@@ -33,7 +33,6 @@ __all__ = [
     "classify_url",
     "count_tokens",
     "decide",
-    "discover",
     "family_default",
     "health_check",
     "health_status",
@@ -45,3 +44,19 @@ __all__ = [
     "server_default",
     "server_root",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``lmgate.detect.discover`` moved to ``lmgate.Endpoint.discover``: the
+    # endpoint type sits above this package, so it is looked up by name.
+    if name == "discover":
+        import importlib
+        import warnings
+
+        warnings.warn(
+            "lmgate.detect.discover is deprecated; use lmgate.Endpoint.discover",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module("lmgate._endpoint").Endpoint.discover
+    raise AttributeError(f"module 'lmgate.detect' has no attribute {name!r}")

@@ -8,14 +8,15 @@ bounded in size, evicting the least recently used entry.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, final
+from typing import Generic, TypeVar, final
 
 import msgspec
 
 from lmgate._errors import InvalidParameter
 
-if TYPE_CHECKING:
-    from lmgate.detect._probe import ServerInfo
+#: What is cached: the prober's ``ServerInfo``; generic so this module
+#: needs nothing from the prober that uses it.
+Info = TypeVar("Info")
 
 __all__ = ["ProbeCache", "ProbeCacheStatistics"]
 
@@ -29,7 +30,7 @@ class ProbeCacheStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @final
-class ProbeCache:
+class ProbeCache(Generic[Info]):
     """A bounded, time-limited map from (URL, model) to :class:`ServerInfo`.
 
     Sans-IO: callers pass ``now``.  An entry stored at a time later than
@@ -45,10 +46,10 @@ class ProbeCache:
             raise InvalidParameter("maxsize must be a positive int", field="maxsize")
         self._ttl = float(ttl)
         self._maxsize = maxsize
-        self._entries: OrderedDict[tuple[str, str | None], tuple[float, ServerInfo]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str | None], tuple[float, Info]] = OrderedDict()
         self._hits = self._misses = self._evictions = 0
 
-    def get(self, url: str, model: str | None, now: float) -> ServerInfo | None:
+    def get(self, url: str, model: str | None, now: float) -> Info | None:
         key = (_cache_url(url), model)
         entry = self._entries.get(key)
         if entry is None or not (0.0 <= now - entry[0] < self._ttl):
@@ -60,7 +61,7 @@ class ProbeCache:
         self._hits += 1
         return entry[1]
 
-    def put(self, url: str, model: str | None, info: ServerInfo, now: float) -> None:
+    def put(self, url: str, model: str | None, info: Info, now: float) -> None:
         key = (_cache_url(url), model)
         self._entries[key] = (now, info)
         self._entries.move_to_end(key)

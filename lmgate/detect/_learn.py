@@ -2,7 +2,8 @@
 
 The scheduler calls these for an ``Endpoint(probe=True)`` when it starts
 and on its health schedule, and ``Endpoint.discover(url)`` builds a new
-endpoint from them.  :func:`learn` is pure: what the user configured
+endpoint from them (any type with the fields of :class:`Describable`).
+:func:`learn` is pure: what the user configured
 always wins (an explicit ``kind``, ``models``, ``local``, a window
 override), the probe fills in the rest.  :func:`health_check` checks the
 route the server itself documents for health, so a server still loading
@@ -12,21 +13,53 @@ its model is told apart from one that is down.
 from __future__ import annotations
 
 import os
-from typing import Any, final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar, cast, final
 
 import httpx
 import msgspec
 
-from lmgate._endpoint import Endpoint, HealthCheck
-from lmgate._errors import InvalidParameter
 from lmgate.detect._evidence import Observation, read
 from lmgate.detect._locality import classify_url
-from lmgate.detect._probe import MAX_BODY, ServerInfo, probe, server_root
+from lmgate.detect._probe import MAX_BODY, ServerInfo, server_root
 
-__all__ = ["HealthAnswer", "discover", "endpoint_key", "health_check", "health_status", "learn"]
+__all__ = ["Describable", "HealthAnswer", "endpoint_key", "health_check", "health_status", "learn"]
 
 
-def endpoint_key(endpoint: Endpoint) -> str | None:
+class Describable(Protocol):
+    """What learning reads of an endpoint (``lmgate.Endpoint`` is one).
+
+    A protocol, so this layer knows servers without knowing the endpoint
+    type that the layer above builds from them.
+    """
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def models(self) -> tuple[str, ...]: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def local(self) -> bool | None: ...
+    @property
+    def context_windows(self) -> Mapping[str, int]: ...
+    @property
+    def health(self) -> object: ...
+    @property
+    def api_key(self) -> Callable[[], str] | None: ...
+    @property
+    def api_key_env(self) -> str | None: ...
+
+
+class _HasUrl(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+E = TypeVar("E", bound=Describable)
+
+
+def endpoint_key(endpoint: Describable) -> str | None:
     """The endpoint's API key (from its callable or environment variable), if any."""
     if endpoint.api_key is not None:
         key = endpoint.api_key()
@@ -36,7 +69,7 @@ def endpoint_key(endpoint: Endpoint) -> str | None:
     return None
 
 
-def learn(endpoint: Endpoint, info: ServerInfo) -> Endpoint:
+def learn(endpoint: E, info: ServerInfo) -> E:
     """``endpoint`` with what ``info`` says filled in where the user said nothing.
 
     Models: the configured list, else the server's.  Windows: the server's
@@ -58,7 +91,10 @@ def learn(endpoint: Endpoint, info: ServerInfo) -> Endpoint:
         changes["context_windows"] = windows
     if endpoint.health is None and info.health_route is not None:
         changes["health"] = health_check(info, api_key=endpoint_key(endpoint))
-    return msgspec.structs.replace(endpoint, **changes) if changes else endpoint
+    if not changes:
+        return endpoint
+    replaced: E = msgspec.structs.replace(cast(Any, endpoint), **changes)
+    return replaced
 
 
 @final
@@ -129,7 +165,7 @@ def health_check(
     api_key: str | None = None,
     client: httpx.AsyncClient | None = None,
     timeout: float = 2.0,
-) -> HealthCheck:
+) -> Callable[[_HasUrl], Awaitable[bool]]:
     """A health check that GETs the server's documented health route.
 
     Healthy means HTTP 200 and not loading; the key, if any, goes to that
@@ -138,7 +174,7 @@ def health_check(
     """
     route = info.health_route or "/health"
 
-    async def check(endpoint: Endpoint) -> bool:
+    async def check(endpoint: _HasUrl) -> bool:
         try:
             answer = await health_status(
                 endpoint.url, route, api_key=api_key, client=client, timeout=timeout
@@ -148,32 +184,3 @@ def health_check(
         return answer.ok
 
     return check
-
-
-async def discover(
-    url: str,
-    *,
-    name: str | None = None,
-    model: str | None = None,
-    timeout: float = 2.0,  # noqa: ASYNC109 -- the probe's per-round bound
-    client: httpx.AsyncClient | None = None,
-    **fields: Any,
-) -> Endpoint:
-    """An ``Endpoint`` for ``url`` built from what the server says it is.
-
-    ``fields`` are any other ``Endpoint`` settings (``api_key_env``,
-    ``limit``, timeouts...); they win over what the probe found.  Raises
-    ``InvalidParameter`` for a URL that cannot be probed.
-    """
-    base = Endpoint(name or _name_for(url), url=url, probe=True, **fields)
-    info = await probe(url, model=model, client=client, timeout=timeout, api_key=endpoint_key(base))
-    if not info.reachable:
-        raise InvalidParameter(f"{url[:80]!r} did not answer: {info.error}", field="url")
-    return learn(base, info)
-
-
-def _name_for(url: str) -> str:
-    u = httpx.URL(url) if "://" in url else None
-    if u is None or not u.host:
-        return "endpoint"
-    return f"{u.host}:{u.port}" if u.port else u.host

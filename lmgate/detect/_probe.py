@@ -72,7 +72,7 @@ class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-_CACHE = ProbeCache()
+_CACHE: ProbeCache[ServerInfo] = ProbeCache()
 
 
 def invalidate(url: str) -> None:

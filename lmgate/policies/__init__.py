@@ -5,6 +5,14 @@ and an explicit ``now``; none sleeps, reads a clock or does I/O, and nothing
 here imports from the actors or the scheduler.
 """
 
+from lmgate.context._fit import (
+    Applied,
+    Chain,
+    Compress,
+    ContextStrategy,
+    ResetWithSummary,
+    SlidingWindow,
+)
 from lmgate.policies._adaptive import Adaptive, AdaptiveState
 from lmgate.policies._aimd import AIMD, AIMDState
 from lmgate.policies._breaker import (
@@ -24,6 +32,7 @@ from lmgate.policies._classify import (
     endpoint_fault,
     parse_retry_after,
 )
+from lmgate.policies._default import default_limit
 from lmgate.policies._gradient2 import Gradient2, Gradient2State
 from lmgate.policies._health import (
     HealthSchedule,
@@ -53,14 +62,6 @@ from lmgate.policies._retry import (
 from lmgate.policies._sample import OUTCOME_CLASSES, OutcomeClass, Sample
 from lmgate.policies._throttle import Throttle, ThrottleState, ThrottleStatistics
 from lmgate.policies._vegas import Vegas, VegasState
-from lmgate.policies.context import (
-    Applied,
-    Chain,
-    Compress,
-    ContextStrategy,
-    ResetWithSummary,
-    SlidingWindow,
-)
 from lmgate.policies.resources import (
     RECOMMENDATIONS,
     Recommendation,
@@ -129,6 +130,7 @@ __all__ = [
     "choose_larger_window",
     "classify",
     "compose",
+    "default_limit",
     "default_ports",
     "endpoint_fault",
     "next_target",

@@ -31,11 +31,10 @@ its callers reaches at once, and stray long answers never do.
 
 How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
 
-- *Startup*: the limit multiplies by ``startup_factor`` while that is
-  nearly free (elasticity under a third of ``elasticity``); once batching
-  gets dearer it goes on in routine steps, and the first refusal starts a
-  run of down-steps at once.  A step the client cannot fill, a shift or a
-  cut ends it.
+- *Startup*: the limit multiplies by ``startup_factor`` while that is nearly
+  free (elasticity under a third of ``elasticity``), then goes on in routine
+  steps; the first refusal starts a run of down-steps at once.  A step the
+  client cannot fill, a shift or a cut ends it.
 - *Probes*: every ``probe_interval`` seconds, give or take ``probe_jitter``
   (drawn from a generator seeded by ``seed``), it steps by ``probe_step`` of
   itself (at least one slot), alternately up and down -- up only when the
@@ -76,7 +75,8 @@ from typing import Final, final
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import LimitStatistics, check_float, check_int
+from lmgate._validate import check_float, check_int
+from lmgate.policies._limit import LimitStatistics
 from lmgate.policies._sample import Sample
 from lmgate.policies._windows import (
     DROPS,
@@ -466,8 +466,6 @@ class AdaptiveState:
         self._cut_epoch = now
         self._hold(now, 1)
         self._schedule(now, 0.25)
-
-    # -- reporting -----------------------------------------------------------
 
     def reset(self) -> None:
         """Forget every latency measured so far, keeping the limit in force.

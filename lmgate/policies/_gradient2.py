@@ -31,7 +31,8 @@ from typing import final
 
 import msgspec
 
-from lmgate.policies._limit import LimitStatistics, check_float, check_int
+from lmgate._validate import check_float, check_int
+from lmgate.policies._limit import LimitStatistics
 from lmgate.policies._sample import Sample
 from lmgate.policies._windows import DROPS, ExpAverage, clamp
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from lmgate._errors import InvalidParameter
+from lmgate._validate import check_float, check_int
 from lmgate.policies._breaker import BreakerStateName
-from lmgate.policies._limit import check_float, check_int
 
 __all__ = [
     "HealthSchedule",

@@ -25,13 +25,8 @@ from typing import Any, final
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import (
-    LimitPolicy,
-    LimitState,
-    LimitStatistics,
-    check_float,
-    check_int,
-)
+from lmgate._validate import check_float, check_int
+from lmgate.policies._limit import LimitPolicy, LimitState, LimitStatistics
 from lmgate.policies._sample import Sample
 
 __all__ = ["Hysteresis", "HysteresisState"]

@@ -23,7 +23,7 @@ from typing import final
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float, check_int
+from lmgate._validate import check_float, check_int
 from lmgate.policies._sample import OutcomeClass
 
 __all__ = ["ColdVerdict", "Lifecycle", "LifecycleState", "LifecycleStatistics", "ModelChange"]

@@ -11,11 +11,11 @@ driven by a property test or a simulation at any speed.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, final, runtime_checkable
+from typing import Protocol, final, runtime_checkable
 
 import msgspec
 
-from lmgate._errors import InvalidParameter
+from lmgate._validate import check_int
 from lmgate.policies._sample import Sample
 
 __all__ = ["Fixed", "FixedState", "LimitPolicy", "LimitState", "LimitStatistics"]
@@ -60,35 +60,6 @@ class LimitPolicy(Protocol):
     def build(self) -> LimitState:
         """A fresh state machine for one endpoint."""
         ...
-
-
-def check_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:
-    """Validate an integer setting, refusing bools and out-of-range values."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameter(f"{name} must be an int, got {type(value).__name__}", field=name)
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise InvalidParameter(f"{name} must be {bound}, got {value}", field=name)
-    return value
-
-
-def check_float(
-    name: str,
-    value: Any,
-    *,
-    low: float = 0.0,
-    high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    """Validate a finite float setting (ints accepted, bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidParameter(f"{name} must be a number, got {type(value).__name__}", field=name)
-    v = float(value)
-    if v != v or v in (float("inf"), float("-inf")):
-        raise InvalidParameter(f"{name} must be finite, got {v}", field=name)
-    if (v <= low if low_open else v < low) or (high is not None and v > high):
-        raise InvalidParameter(f"{name} out of range: {v}", field=name)
-    return v
 
 
 @final

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import final
 from urllib.parse import urlsplit, urlunsplit
 
-from lmgate._events import Event
+from lmgate.observability._events import Event
 from lmgate.policies._breaker import Transition
 
 __all__ = [

@@ -18,8 +18,8 @@ from typing import Any, Final, final, get_args
 import msgspec
 
 from lmgate._errors import InvalidParameter
+from lmgate._validate import check_float, check_int
 from lmgate.policies._classify import Classification
-from lmgate.policies._limit import check_float, check_int
 from lmgate.policies._sample import OutcomeClass
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import final
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float, check_int
+from lmgate._validate import check_float, check_int
 from lmgate.policies._windows import TimeBuckets
 
 __all__ = ["Throttle", "ThrottleState", "ThrottleStatistics"]

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, final
+from typing import Any, Protocol, final
 
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectSendStream
 
-from lmgate._endpoint import Endpoint, EndpointRef
 from lmgate._errors import (
     ContextOverflow,
     DeadlineExceeded,
@@ -28,81 +26,39 @@ from lmgate._errors import (
     Rejected,
     SchedulerClosed,
 )
+from lmgate.actors._messages import Routing
 from lmgate.policies._sample import OutcomeClass, Sample
-from lmgate.scheduler._context_gate import window_fits
+from lmgate.scheduler._hooks import HookedRequest
 from lmgate.scheduler._lease import EventLike, Lease, Waiter
-from lmgate.scheduler._messages import EndpointMessage, Routing
 from lmgate.scheduler._outcomes import OUTCOMES, classify_error
 from lmgate.scheduler._queue import RequestQueue
+from lmgate.scheduler._slot import EndpointSlot, window_fits
+from lmgate.scheduler._throttling import Throttling
 
-if TYPE_CHECKING:
-    from lmgate.scheduler._hooks import HookedRequest, Watch
-    from lmgate.scheduler._throttling import Throttling
+__all__ = ["Admission", "SubmitWatch"]
 
-__all__ = ["Admission", "EndpointSlot"]
+
+class SubmitWatch(Protocol):
+    """The slow path of :meth:`Admission.submit` (``_watch.Watch``), when installed."""
+
+    def submit(
+        self,
+        model: str,
+        priority: int,
+        deadline: float,
+        now: float,
+        exclude: Collection[int] | None,
+        count: bool,
+        request: HookedRequest | None,
+        **options: Any,
+    ) -> Lease | Waiter: ...
+
+    def refused(
+        self, model: str, priority: int, outcome: str, error: BaseException, now: float
+    ) -> None: ...
+
 
 _SERVICE_ALPHA = 0.1
-
-
-@final
-class EndpointSlot:
-    """Admission's record of one endpoint (mutated only by ``Admission``)."""
-
-    __slots__ = (
-        "dropped_samples",
-        "endpoint",
-        "feedback",
-        "in_flight",
-        "index",
-        "limit",
-        "models",
-        "peak_in_flight",
-        "refs",
-        "routing",
-        "service_time",
-        "state",
-        "throttle",
-        "trials",
-    )
-
-    def __init__(
-        self,
-        index: int,
-        endpoint: Endpoint,
-        limit: int,
-        feedback: MemoryObjectSendStream[EndpointMessage] | None,
-    ) -> None:
-        self.index = index
-        self.endpoint = endpoint
-        self.limit = limit
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self.models = endpoint.models
-        self.refs = {
-            m: EndpointRef(
-                name=endpoint.name,
-                url=endpoint.url,
-                model=m,
-                kind=endpoint.kind,
-                local=endpoint.local,
-            )
-            for m in endpoint.models
-        }
-        self.routing: Routing = "up"
-        self.state = "healthy"
-        self.trials: int | None = None
-        self.service_time: float | None = None
-        self.feedback = feedback
-        self.dropped_samples = 0
-        # Optional client-side throttle: returns True to refuse a request now.
-        self.throttle: Callable[[float], bool] | None = None
-
-    @property
-    def effective_limit(self) -> int:
-        return self.limit if self.trials is None else min(self.limit, self.trials)
-
-    def has_room(self) -> bool:
-        return self.routing == "up" and self.in_flight < self.effective_limit
 
 
 @final
@@ -140,9 +96,9 @@ class Admission:
         self._drained: anyio.Event | None = None
         #: Gives a cross-process slot back (set when a coordinator is used).
         self.on_release: Callable[[Lease], None] | None = None
-        #: The slow path of submit (``_hooks.Watch``), installed only while
+        #: The slow path of submit (``_watch.Watch``), installed only while
         #: request hooks or resource pressure need to see each submission.
-        self.watch: Watch | None = None
+        self.watch: SubmitWatch | None = None
         #: Resource pressure, set by ``_pressure.Resources``: the factor for
         #: the context threshold of new requests, the priority number above
         #: which new requests are shed, and whether granting is paused.
@@ -490,8 +446,13 @@ class Admission:
         while not self.paused and slot.in_flight < slot.effective_limit:
             if slot.throttle is not None and slot.throttle(now):
                 # Throttled: a request with nowhere else to go fails fast.
-                if self.throttling is None or not self.throttling.refuse_next(self, slot, now):
+                throttling = self.throttling
+                if throttling is None or not throttling.must_refuse(self.slots, slot, now):
                     return
+                refused = self.queue.best_fitting(slot.models, slot.endpoint.window_for)
+                if refused is None:
+                    return
+                self._refuse(refused, throttling.rejected(refused.model), "rejected")
                 continue
             waiter = self.queue.best_fitting(slot.models, slot.endpoint.window_for)
             if waiter is None:

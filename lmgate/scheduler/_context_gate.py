@@ -29,18 +29,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import Any, TypeVar, cast, final
 
 import anyio
 
-from lmgate._chat import Message, text_of, to_messages
-from lmgate._config_schema import ContextConfig
 from lmgate._endpoint import Endpoint
 from lmgate._errors import ContextOverflow, DeadlineExceeded, InvalidParameter
-from lmgate._events import EventHub
-from lmgate._tokens_estimate import TokenCounter, estimate_tokens, overhead, scaled_counter
-from lmgate.detect._tokens import TokenEstimator
-from lmgate.policies.context import (
+from lmgate.config._schema import ContextConfig
+from lmgate.context._estimate import TokenCounter, estimate_tokens, overhead, scaled_counter
+from lmgate.context._fit import (
     ContextCounters,
     ContextStatistics,
     ContextStrategy,
@@ -49,12 +46,14 @@ from lmgate.policies.context import (
     context_events,
     reachable_tokens,
 )
+from lmgate.context._messages import Message, text_of, to_messages
+from lmgate.detect._tokens import TokenEstimator
+from lmgate.observability._events import EventHub
+from lmgate.scheduler._admission import Admission
+from lmgate.scheduler._lease import Lease
+from lmgate.scheduler._slot import EndpointSlot
 
-if TYPE_CHECKING:
-    from lmgate.scheduler._admission import Admission, EndpointSlot
-    from lmgate.scheduler._lease import Lease
-
-__all__ = ["ContextGate", "ContextRequest", "window_fits"]
+__all__ = ["ContextGate", "ContextRequest"]
 
 T = TypeVar("T")
 
@@ -63,14 +62,6 @@ _MAX_TOKENS = 100_000_000
 _PENDING = 32
 #: Usage reports an endpoint's counter needs before it replaces the estimate.
 _WARMUP = 8
-
-
-def window_fits(slot: EndpointSlot, model: str, need: int | None) -> bool:
-    """Whether ``slot``'s window for ``model`` can take a request needing ``need``."""
-    if need is None:
-        return True
-    window = slot.endpoint.window_for(model)
-    return window is None or window >= need
 
 
 @final
@@ -252,7 +243,7 @@ class ContextGate:
                     strategy=self.strategy_for(ep),
                     count_tokens=count,
                     # Resource pressure tightens the threshold for new prompts.
-                    threshold=self._settings.threshold * lease._admission.context_factor,
+                    threshold=self._settings.threshold * _admission_of(lease).context_factor,
                     deadline=lease.deadline,
                 )
             except ContextOverflow as exc:
@@ -281,7 +272,9 @@ class ContextGate:
             lease.release(exc)
             raise
         if scope.cancelled_caught:
-            lease._admission.finish(lease, None, outcome="cancelled", result="deadline_exceeded")
+            _admission_of(lease).finish(
+                lease, None, outcome="cancelled", result="deadline_exceeded"
+            )
             raise DeadlineExceeded(f"deadline passed fitting the prompt for {lease.endpoint.name}")
 
     def wrap(
@@ -336,3 +329,8 @@ def _settings_of(context: object) -> tuple[ContextConfig, ContextStrategy | None
         "context must be a context strategy (e.g. SlidingWindow()) or a ContextConfig",
         field="context",
     )
+
+
+def _admission_of(lease: Lease) -> Admission:
+    """The admission that granted ``lease`` (the only kind of releaser there is)."""
+    return cast(Admission, lease._admission)

@@ -14,13 +14,13 @@ from typing import final
 import anyio
 import anyio.abc
 
-from lmgate.scheduler._admission import Admission
-from lmgate.scheduler._messages import (
+from lmgate.actors._messages import (
     ControllerMessage,
     LimitChanged,
     StateChanged,
     UrlChanged,
 )
+from lmgate.scheduler._admission import Admission
 
 __all__ = ["AdmissionController"]
 

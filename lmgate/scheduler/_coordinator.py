@@ -10,19 +10,17 @@ the scheduler's task group and may adjust local limits through its handle.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, final, runtime_checkable
+from typing import Protocol, final, runtime_checkable
 
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
 from lmgate._endpoint import Endpoint
-from lmgate._events import Event
+from lmgate.actors._messages import ControllerMessage, LimitChanged, Routing, StateChanged
+from lmgate.observability._events import Event, EventHub
 from lmgate.policies._limit import LimitPolicy, LimitState
+from lmgate.scheduler._admission import Admission
 from lmgate.scheduler._lease import Lease
-from lmgate.scheduler._messages import ControllerMessage, LimitChanged, Routing, StateChanged
-
-if TYPE_CHECKING:
-    from lmgate.scheduler._scheduler import Scheduler
 
 __all__ = ["Coordinator", "CoordinatorHandle", "SharesLimits"]
 
@@ -64,30 +62,34 @@ class CoordinatorHandle:
     """What a coordinator may see and do inside the scheduler."""
 
     def __init__(
-        self, sched: Scheduler, controller: anyio.abc.ObjectSendStream[ControllerMessage]
+        self,
+        admission: Admission,
+        events: EventHub,
+        controller: anyio.abc.ObjectSendStream[ControllerMessage],
     ) -> None:
-        self._sched = sched
+        self._adm = admission
+        self._events = events
         self._controller = controller
-        self._index = {ep.name: i for i, ep in enumerate(sched.endpoints)}
+        self._index = {slot.endpoint.name: slot.index for slot in admission.slots}
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
-        return self._sched.endpoints
+        return tuple(slot.endpoint for slot in self._adm.slots)
 
     def local_limit(self, name: str) -> int:
-        return self._sched._admission.slots[self._index[name]].limit
+        return self._adm.slots[self._index[name]].limit
 
     def local_in_flight(self, name: str) -> int:
-        return self._sched._admission.slots[self._index[name]].in_flight
+        return self._adm.slots[self._index[name]].in_flight
 
     @property
     def closed(self) -> bool:
         """True once the scheduler admits nothing more."""
-        return self._sched._admission.closed
+        return self._adm.closed
 
     def local_state(self, name: str) -> tuple[Routing, str, int | None]:
         """Routing, state name and half-open trials admission uses for an endpoint."""
-        slot = self._sched._admission.slots[self._index[name]]
+        slot = self._adm.slots[self._index[name]]
         return slot.routing, slot.state, slot.trials
 
     async def set_local_state(
@@ -101,7 +103,7 @@ class CoordinatorHandle:
         await self._controller.send(LimitChanged(self._index[name], max(1, int(limit))))
 
     def publish(self, event: Event) -> None:
-        self._sched.events.publish(event)
+        self._events.publish(event)
 
     def close(self) -> None:
         """The coordinator is done sending: close its mailbox clone (as actors do)."""

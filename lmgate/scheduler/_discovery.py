@@ -34,20 +34,19 @@ happens before any actor starts, so it is as if they had been declared so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, final
+from typing import final
 
 import anyio
 import msgspec
 
 from lmgate._endpoint import Endpoint
 from lmgate._errors import InvalidParameter
-from lmgate._events import EventHub
 from lmgate.detect._learn import endpoint_key, learn
 from lmgate.detect._probe import ServerInfo, probe
+from lmgate.observability._events import EventHub
 from lmgate.policies._limit import Fixed, LimitPolicy
-from lmgate.scheduler._admission import EndpointSlot
 from lmgate.scheduler._coordinator import SharesLimits
+from lmgate.scheduler._core import SchedulerInternals
 from lmgate.scheduler._discovery_watch import (
     DiscoveryStatistics,
     EndpointDiscovered,
@@ -55,9 +54,7 @@ from lmgate.scheduler._discovery_watch import (
     EndpointRecord,
     WatchingCheck,
 )
-
-if TYPE_CHECKING:
-    from lmgate.scheduler._scheduler import Scheduler
+from lmgate.scheduler._slot import EndpointSlot
 
 __all__ = ["START_ROUNDS", "Discovery", "limit_for_slots"]
 
@@ -108,7 +105,7 @@ class Discovery:
         rec = self._records.get(name)
         return None if rec is None else rec.statistics()
 
-    async def start(self, sched: Scheduler) -> None:
+    async def start(self, sched: SchedulerInternals) -> None:
         """Probe ``sched``'s probe=True endpoints and write what they learned into it."""
         endpoints = sched._endpoints
         wanted = [(i, ep) for i, ep in enumerate(endpoints) if ep.probe]
@@ -241,7 +238,7 @@ def _starting_limit(policy: LimitPolicy) -> int | None:
     return start if isinstance(start, int) else None
 
 
-def _apply(sched: Scheduler, replaced: dict[int, Endpoint]) -> None:
+def _apply(sched: SchedulerInternals, replaced: dict[int, Endpoint]) -> None:
     """Put the learned endpoints into the (not yet running) admission, in place."""
     adm = sched._admission
     shared = isinstance(sched._coordinator, SharesLimits)
@@ -261,18 +258,5 @@ def _apply(sched: Scheduler, replaced: dict[int, Endpoint]) -> None:
             by_model[m] = (*by_model.get(m, ()), slot)
     adm.by_model = by_model
     sched._endpoints = tuple(slot.endpoint for slot in adm.slots)
-    _refresh_windows(sched, sched._endpoints)
-
-
-def _refresh_windows(sched: Scheduler, endpoints: Sequence[Endpoint]) -> None:
-    """The retry layer sends an overflow to the largest window per model: tell it the new ones."""
-    retrying = sched._retrying
-    if retrying is None or not hasattr(retrying, "_windows"):
-        return
-    windows: dict[str, int] = {}
-    for ep in endpoints:
-        for m in ep.models:
-            w = ep.window_for(m)
-            if w is not None and w > windows.get(m, 0):
-                windows[m] = w
-    retrying._windows = windows
+    if sched._retrying is not None:
+        sched._retrying.refresh_windows(sched._endpoints)

@@ -26,11 +26,10 @@ from typing import final
 import anyio
 import msgspec
 
-from lmgate._endpoint import Endpoint, HealthCheck
-from lmgate._events import Event, EventHub
-from lmgate.actors._resilience import ProbeReport
+from lmgate._endpoint import Endpoint, HealthCheck, ProbeReport
 from lmgate.detect._learn import endpoint_key, health_status
 from lmgate.detect._probe import ServerInfo, invalidate, probe
+from lmgate.observability._events import Event, EventHub
 
 __all__ = [
     "DiscoveryStatistics",

@@ -22,18 +22,14 @@ limited, and otherwise ignored: an observer never breaks a release.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, final, runtime_checkable
 
 from lmgate._endpoint import EndpointRef
-from lmgate._errors import InvalidParameter, Rejected
-from lmgate._logging import RateLimitedLogger
-from lmgate.scheduler._lease import EventLike, Lease, Waiter
+from lmgate._errors import InvalidParameter
+from lmgate.observability._logging import RateLimitedLogger
 
-if TYPE_CHECKING:
-    from lmgate.scheduler._admission import Admission
-
-__all__ = ["HOOK_METHODS", "HookedRequest", "RequestHook", "ResumeEvent", "Watch"]
+__all__ = ["HOOK_METHODS", "GrantedCall", "HookedRequest", "RequestHook"]
 
 _log = RateLimitedLogger("lmgate.hooks")
 
@@ -105,6 +101,19 @@ def _failed(hook: object, method: str, exc: Exception) -> None:
     )
 
 
+class GrantedCall(Protocol):
+    """What the hooks are told of a granted request (a ``Lease`` is one)."""
+
+    @property
+    def endpoint(self) -> EndpointRef: ...
+    @property
+    def queued_for(self) -> float: ...
+    @property
+    def granted_at(self) -> float: ...
+    @property
+    def _ttft(self) -> float | None: ...
+
+
 @final
 class HookedRequest:
     """One request's hook handles, carried from submit to its outcome.
@@ -137,7 +146,7 @@ class HookedRequest:
     def ended(self) -> bool:
         return self._ended
 
-    def granted(self, lease: Lease) -> None:
+    def granted(self, lease: GrantedCall) -> None:
         """The request got its first slot; call in the requesting task."""
         if self._granted or self._ended:
             return
@@ -155,7 +164,7 @@ class HookedRequest:
         outcome: str,
         now: float,
         *,
-        lease: Lease | None = None,
+        lease: GrantedCall | None = None,
         error: BaseException | None = None,
     ) -> None:
         """The request's outcome was counted."""
@@ -189,136 +198,3 @@ class HookedRequest:
     def __repr__(self) -> str:
         state = "ended" if self._ended else "granted" if self._granted else "waiting"
         return f"<HookedRequest {self.model} hooks={len(self.hooks)} {state}>"
-
-
-@final
-class ResumeEvent:
-    """A queued request's wake-up that reports its grant from its own task.
-
-    The grant itself happens in whichever task freed the slot; a tracer
-    must make the call span current in the caller's context, so the hooks
-    hear of it when the caller's ``wait()`` returns.
-    """
-
-    __slots__ = ("_event", "_waiter")
-
-    def __init__(self, event: EventLike, waiter: Waiter) -> None:
-        self._event = event
-        self._waiter = waiter
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        waiter = self._waiter
-        if waiter.lease is not None and waiter._request is not None:
-            waiter._request.granted(waiter.lease)
-
-
-@final
-class Watch:
-    """The slow path of ``Admission.submit``: hooks, shedding and pausing.
-
-    Installed on the admission (``admission.watch``) only while it has
-    something to do; :meth:`refresh` decides that after every change.
-    """
-
-    __slots__ = ("_adm", "hooks", "shed")
-
-    def __init__(self, admission: Admission, hooks: Sequence[RequestHook] = ()) -> None:
-        self._adm = admission
-        self.hooks: tuple[RequestHook, ...] = check_hooks(hooks)
-        #: Submissions refused because their priority was shed.
-        self.shed = 0
-        self.refresh()
-
-    def add(self, hook: RequestHook) -> None:
-        """Call ``hook`` for requests submitted from now on."""
-        self.hooks = check_hooks((*self.hooks, hook))
-        self.refresh()
-
-    def refresh(self) -> None:
-        adm = self._adm
-        active = bool(self.hooks) or adm.shed_above is not None or adm.paused
-        adm.watch = self if active else None
-
-    def submit(
-        self,
-        model: str,
-        priority: int,
-        deadline: float,
-        now: float,
-        exclude: Collection[int] | None,
-        count: bool,
-        request: HookedRequest | None,
-        **options: Any,
-    ) -> Lease | Waiter:
-        """Hooks start, shedding refuses, pausing queues; then the plain path.
-
-        ``options`` are the rest of ``Admission.submit``'s keywords, passed on.
-        """
-        adm = self._adm
-        if request is None and count and self.hooks:
-            request = HookedRequest(self.hooks, model, priority, now)
-        cutoff = adm.shed_above
-        if cutoff is not None and priority > cutoff:
-            if count:
-                adm.submitted += 1
-            adm.outcomes["rejected"] += 1
-            self.shed += 1
-            error = Rejected(
-                f"shed under resource pressure (priority {priority} > {cutoff})", reason="shed"
-            )
-            if request is not None:
-                request.end("rejected", now, error=error)
-            raise error
-        if adm.paused:
-            # Admission is paused: every endpoint is passed over for an
-            # immediate grant, so the request queues (within the bound).
-            exclude = frozenset(s.index for s in adm.slots)
-        before = tuple(adm.outcomes.values()) if request is not None else ()
-        try:
-            got = adm.submit(
-                model,
-                priority,
-                deadline,
-                now,
-                exclude=exclude,
-                count=count,
-                watched=True,
-                **options,
-            )
-        except BaseException as exc:
-            if request is not None:
-                request.end(_counted(adm.outcomes, before), now, error=exc)
-            raise
-        if request is not None:
-            got._request = request
-            if type(got) is Lease:
-                request.granted(got)
-            else:
-                got.event = ResumeEvent(got.event, got)
-                if got.lease is not None:  # queued, and handed a slot within submit
-                    got.lease._request = request
-        return got
-
-    def refused(
-        self, model: str, priority: int, outcome: str, error: BaseException, now: float
-    ) -> None:
-        """A request counted and refused before it reached ``submit`` (a prompt
-        no window can take): the hooks see it start and end, as if submitted.
-        """
-        if self.hooks:
-            HookedRequest(self.hooks, model, priority, now).end(outcome, now, error=error)
-
-    def __repr__(self) -> str:
-        return f"<Watch hooks={len(self.hooks)} shed={self.shed}>"
-
-
-def _counted(outcomes: dict[str, int], before: tuple[int, ...]) -> str:
-    """The outcome a refusal just counted (the one counter that moved)."""
-    for (name, n), m in zip(outcomes.items(), before, strict=False):
-        if n != m:
-            return name
-    return "failed"

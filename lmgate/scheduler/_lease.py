@@ -9,20 +9,26 @@ close -- calls it, and no path can block in it, so a slot cannot leak.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import Any, Protocol, final
 
 import anyio
 
 from lmgate._endpoint import EndpointRef
 from lmgate._errors import InvalidParameter
+from lmgate.context._strategies import Fitted
 from lmgate.policies._sample import OutcomeClass
+from lmgate.scheduler._hooks import HookedRequest
+from lmgate.scheduler._slot import EndpointSlot
 
-if TYPE_CHECKING:
-    from lmgate.policies._strategies import Fitted
-    from lmgate.scheduler._admission import Admission, EndpointSlot
-    from lmgate.scheduler._hooks import HookedRequest
+__all__ = ["EventLike", "Lease", "Releaser", "ScopeLike", "Waiter"]
 
-__all__ = ["EventLike", "Lease", "ScopeLike", "Waiter"]
+
+class Releaser(Protocol):
+    """Who takes a lease back (``Admission``): one synchronous, idempotent call."""
+
+    def finish(
+        self, lease: Lease, error: BaseException | None, *, outcome: OutcomeClass | None = None
+    ) -> None: ...
 
 
 class ScopeLike(Protocol):
@@ -83,7 +89,7 @@ class Lease:
 
     def __init__(
         self,
-        admission: Admission,
+        admission: Releaser,
         slot: EndpointSlot,
         endpoint: EndpointRef,
         priority: int,

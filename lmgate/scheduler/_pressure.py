@@ -23,34 +23,30 @@ on one event loop nothing else runs between the check and the update.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, final
+from typing import final
 
 import anyio
 import anyio.abc
 import msgspec
 
 from lmgate._endpoint import Endpoint
-from lmgate._errors import InvalidParameter, Rejected
-from lmgate._events import Event, EventHub
-from lmgate._exposure import LISTENERS, ListenerReport, exposure_events, is_loopback_url
-from lmgate._logging import RateLimitedLogger
-from lmgate._tempfiles import TempCleanup, clean_stale_temp_files
-from lmgate.actors._resources import Reader, ResourceRecommendationChanged, run_resource_sampler
-from lmgate.policies._limit import check_float
+from lmgate._errors import Rejected
+from lmgate.actors._resources import ResourceRecommendationChanged, run_resource_sampler
+from lmgate.observability._events import Event, EventHub
+from lmgate.observability._logging import RateLimitedLogger
 from lmgate.policies.resources import (
     RECOMMENDATIONS,
     Recommendation,
-    ResourceGuard,
     ResourceGuardState,
     ResourceStatistics,
 )
-
-if TYPE_CHECKING:
-    from lmgate.scheduler._admission import Admission
-    from lmgate.scheduler._hooks import Watch
+from lmgate.scheduler._admission import Admission
+from lmgate.scheduler._options import ResourceOptions
+from lmgate.scheduler._watch import Watch
+from lmgate.security._exposure import LISTENERS, ListenerReport, exposure_events, is_loopback_url
+from lmgate.security._tempfiles import TempCleanup, clean_stale_temp_files
 
 __all__ = ["QueueShed", "Resources", "ResourcesStatistics", "TempFilesCleaned"]
 
@@ -99,28 +95,13 @@ class ResourcesStatistics(msgspec.Struct, frozen=True, kw_only=True):
     temp_files: TempCleanup | None
 
 
-def _check_dirs(name: str, dirs: object) -> tuple[str, ...]:
-    if isinstance(dirs, str | bytes) or not isinstance(dirs, Sequence):
-        raise InvalidParameter(f"{name} must be a list of directories", field=name)
-    if len(dirs) > _MAX_DIRS:
-        raise InvalidParameter(f"{name}: at most {_MAX_DIRS} directories", field=name)
-    out = []
-    for d in dirs:
-        if not isinstance(d, str | os.PathLike):
-            raise InvalidParameter(f"{name} must hold paths", field=name)
-        path = os.fspath(d)
-        if not isinstance(path, str) or not path or "\x00" in path:
-            raise InvalidParameter(f"{name} must hold non-empty paths", field=name)
-        out.append(path)
-    return tuple(out)
-
-
 @final
 class Resources:
     """A scheduler's resource guard, start-up checks and their statistics."""
 
     __slots__ = (
         "_adm",
+        "_check_exposure",
         "_config",
         "_dirs",
         "_endpoints",
@@ -141,28 +122,19 @@ class Resources:
         watch: Watch,
         events: EventHub,
         endpoints: Sequence[Endpoint],
-        *,
-        guard: ResourceGuard | None = None,
-        interval: float = 5.0,
-        dirs: Sequence[str | os.PathLike[str]] = (),
-        read: Reader | None = None,
-        state_dirs: Sequence[str | os.PathLike[str]] = (),
+        options: ResourceOptions,
     ) -> None:
-        if guard is not None and not isinstance(guard, ResourceGuard):
-            raise InvalidParameter("resources must be a ResourceGuard", field="resources")
-        if read is not None and not callable(read):
-            raise InvalidParameter(
-                "resource_reader must be an async callable", field="resource_reader"
-            )
-        self._interval = check_float("resource_interval", interval, low_open=True)
-        self._state_dirs = _check_dirs("state_dirs", state_dirs)
-        self._dirs = tuple(dict.fromkeys((*_check_dirs("resource_dirs", dirs), *self._state_dirs)))
+        self._interval = options.interval
+        self._state_dirs = options.state_dirs
+        self._dirs = tuple(dict.fromkeys((*options.dirs, *self._state_dirs)))
+        self._check_exposure = options.check_exposure
         self._adm = admission
         self._watch = watch
         self._events = events
         self._endpoints = tuple(endpoints)
+        guard = options.guard
         self._config = guard
-        self._read = read
+        self._read = options.reader
         self._state: ResourceGuardState | None = guard.build() if guard is not None else None
         self.evicted = 0
         self.listeners: dict[str, ListenerReport] = {}
@@ -182,7 +154,7 @@ class Resources:
                     read=self._read,
                 )
             )
-        if any(is_loopback_url(ep.url) for ep in self._endpoints):
+        if self._check_exposure and any(is_loopback_url(ep.url) for ep in self._endpoints):
             tg.start_soon(self._inspect_listeners)
         if self._state_dirs:
             tg.start_soon(self._clean_temp_files)
@@ -251,7 +223,9 @@ class Resources:
     async def _inspect_listeners(self) -> None:
         targets = [(ep.name, ep.url) for ep in self._endpoints if is_loopback_url(ep.url)]
         try:
-            reports = await anyio.to_thread.run_sync(LISTENERS.inspect, [u for _, u in targets])
+            reports = await anyio.to_thread.run_sync(
+                LISTENERS.inspect, [u for _, u in targets], abandon_on_cancel=True
+            )
         except Exception as exc:  # advisory: never take the scheduler down
             _log.info("listeners_failed", "listener check failed: %s", type(exc).__name__)
             return
@@ -265,7 +239,9 @@ class Resources:
 
     async def _clean_temp_files(self) -> None:
         try:
-            result = await anyio.to_thread.run_sync(clean_stale_temp_files, self._state_dirs)
+            result = await anyio.to_thread.run_sync(
+                clean_stale_temp_files, self._state_dirs, abandon_on_cancel=True
+            )
         except Exception as exc:
             _log.info("temp_clean_failed", "temp file cleanup failed: %s", type(exc).__name__)
             return

@@ -33,30 +33,30 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
-from lmgate._config_load import parse_config, resolve_path
-from lmgate._config_schema import Config
-from lmgate._config_watch import Changed, ConfigWatcher, watch_config
 from lmgate._endpoint import Endpoint
 from lmgate._errors import ContextOverflow, EndpointUnavailable, InvalidParameter, SchedulerClosed
-from lmgate._events import Event
 from lmgate.actors._endpoint import EndpointActor
 from lmgate.actors._health import ActorMessage
+from lmgate.actors._messages import ControllerMessage, LimitChanged
+from lmgate.actors._resilience import Resilience
+from lmgate.config._load import parse_config, resolve_path
+from lmgate.config._schema import Config
+from lmgate.config._watch import Changed, ConfigWatcher, watch_config
+from lmgate.observability._events import Event
+from lmgate.policies._default import default_limit
 from lmgate.policies._limit import LimitState
-from lmgate.scheduler._admission import EndpointSlot
-from lmgate.scheduler._context_gate import window_fits
 from lmgate.scheduler._coordinator import SharesLimits
-from lmgate.scheduler._messages import ControllerMessage, LimitChanged
-
-if TYPE_CHECKING:
-    from lmgate.scheduler._scheduler import Scheduler
+from lmgate.scheduler._core import SchedulerInternals
+from lmgate.scheduler._options import QueueOptions, ResourceOptions
+from lmgate.scheduler._slot import EndpointSlot, window_fits
 
 __all__ = ["EndpointAdded", "EndpointRemoved", "Reconfigurer", "from_config"]
 
@@ -105,7 +105,7 @@ class Reconfigurer:
 
     __slots__ = ("_controller", "_env", "_path", "_retired", "_sched", "_scopes", "_watcher")
 
-    def __init__(self, sched: Scheduler) -> None:
+    def __init__(self, sched: SchedulerInternals) -> None:
         self._sched = sched
         self._scopes: dict[int, anyio.CancelScope] = {}
         self._retired: set[int] = set()
@@ -177,7 +177,7 @@ class Reconfigurer:
         old, new, diff = self._watcher.config, change.config, change.diff
         self._check(old, new, change)
         endpoints = {ep.name: ep for ep in new.endpoints()}
-        policy = new.limit_policy() or _default_policy()
+        policy = new.limit_policy() or default_limit()
         active = {s.endpoint.name: s for s in adm.slots if s.index not in self._retired}
         prepared: list[_Prepared] = []
         try:
@@ -359,33 +359,29 @@ class Reconfigurer:
         return f"<Reconfigurer retired={len(self._retired)} watching={self._watcher is not None}>"
 
 
-def _default_policy() -> Any:
-    from lmgate.scheduler._scheduler import _default_limit
-
-    return _default_limit()
-
-
-def _refresh_retry_windows(sched: Scheduler) -> None:
+def _refresh_retry_windows(sched: SchedulerInternals) -> None:
     """The retry layer routes overflows by the largest window per model: keep it current."""
-    retrying = getattr(sched, "_retrying", None)
-    if retrying is None or not hasattr(retrying, "_windows"):
-        return
-    windows: dict[str, int] = {}
-    for ep in sched._endpoints:
-        for m in ep.models:
-            w = ep.window_for(m)
-            if w is not None and w > windows.get(m, 0):
-                windows[m] = w
-    retrying._windows = windows
+    if sched._retrying is not None:
+        sched._retrying.refresh_windows(sched._endpoints)
+
+
+class Configurable(Protocol):
+    """A scheduler built from a config, whose reconfigurer then watches it."""
+
+    @property
+    def _reconf(self) -> Reconfigurer: ...
+
+
+S = TypeVar("S", bound=Configurable)
 
 
 def from_config(
-    cls: type[Scheduler],
+    cls: Callable[..., S],
     path: str | os.PathLike[str] | None,
     env: Mapping[str, str] | None,
     overrides: Mapping[str, Any],
     extra: Mapping[str, Any],
-) -> Scheduler:
+) -> S:
     """See ``Scheduler.from_config``."""
     environ = os.environ if env is None else env
     keys = {k.replace("__", "."): v for k, v in overrides.items()}
@@ -398,13 +394,21 @@ def from_config(
         config = parse_config(None, environ, keys, source="arguments")
     if not config.endpoint_configs:
         raise InvalidParameter("the config names no endpoint", field="endpoints")
-    kwargs = config.scheduler_kwargs()
-    kwargs.update(extra)
-    if p is not None and "state_dirs" not in kwargs:
-        # Leftover temp files of an interrupted atomic write sit beside the file.
-        from lmgate._tempfiles import state_dirs_of
+    flat = config.scheduler_kwargs()
+    kwargs: dict[str, Any] = {
+        "queue": QueueOptions(size=flat.pop("queue_size"), aging=flat.pop("aging")),
+        "resilience": Resilience(
+            tick_interval=flat.pop("tick_interval"), mailbox_size=flat.pop("mailbox_size")
+        ),
+        **flat,
+    }
+    if p is not None:
+        # Leftover temp files of an interrupted atomic write sit beside the file:
+        # a scheduler made from a config file cleans them at start.
+        from lmgate.security._tempfiles import state_dirs_of
 
-        kwargs["state_dirs"] = state_dirs_of(p)
+        kwargs["resources"] = ResourceOptions(state_dirs=tuple(state_dirs_of(p)))
+    kwargs.update(extra)
     sched = cls(config.endpoints(), **kwargs)
     if watcher is not None and p is not None:
         sched._reconf.watch(watcher, p, env)

@@ -29,19 +29,19 @@ went down) ends there, as without retries.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar, final
 
 import anyio
 
+from lmgate._endpoint import Endpoint
 from lmgate._errors import ContextOverflow, DeadlineExceeded, SchedulerClosed
 from lmgate.policies._classify import Classification
 from lmgate.policies._retry import Retry, choose_larger_window, plan_fallbacks
+from lmgate.scheduler._core import SchedulerInternals, largest_windows
 from lmgate.scheduler._lease import Lease, Waiter
 from lmgate.scheduler._outcomes import classification_of
-
-if TYPE_CHECKING:
-    from lmgate.scheduler._scheduler import Scheduler
+from lmgate.scheduler._request_path import after_error, coordinate, interrupted
 
 __all__ = ["Retrying"]
 
@@ -79,7 +79,7 @@ class Retrying:
 
     def __init__(
         self,
-        sched: Scheduler,
+        sched: SchedulerInternals,
         retry: Retry,
         fallbacks: Mapping[str, tuple[str, ...]],
         rng: random.Random,
@@ -92,15 +92,13 @@ class Retrying:
         self._chains: dict[str, tuple[str, ...]] = {}
         self._paused: set[_Pause] = set()
         self._closed = False
-        windows: dict[str, int] = {}
-        for ep in sched.endpoints:
-            for m in ep.models:
-                w = ep.window_for(m)
-                if w is not None and w > windows.get(m, 0):
-                    windows[m] = w
-        self._windows = windows
+        self._windows = largest_windows(sched.endpoints)
         self.retries = 0
         self.fallbacks = 0
+
+    def refresh_windows(self, endpoints: Iterable[Endpoint]) -> None:
+        """Endpoints changed (probed at start, or reconfigured): route overflows anew."""
+        self._windows = largest_windows(endpoints)
 
     def close(self) -> None:
         """The scheduler is closing: requests waiting to retry end ``closed`` now."""
@@ -151,7 +149,7 @@ class Retrying:
                         lease = waiter.lease
                     assert lease is not None
                     if sched._coordinator is not None:
-                        await sched._coordinate(lease)
+                        await coordinate(self._adm, sched._coordinator, lease)
                     lease._scope = scope
                     result = await call(lease)
             except BaseException as exc:
@@ -160,7 +158,7 @@ class Retrying:
                         adm.leave(waiter, "cancelled")
                     raise
                 if lease._revoked or scope.cancel_called or not isinstance(exc, Exception):
-                    replacement = sched._after_error(lease, exc, scope)
+                    replacement = after_error(self._adm, lease, exc, scope)
                     if replacement is None:
                         raise
                     raise replacement from exc
@@ -184,7 +182,7 @@ class Retrying:
                     assert waiter is not None
                     adm.leave(waiter, "deadline_exceeded")
                     raise DeadlineExceeded(f"no slot for {target!r} before the deadline")
-                raise sched._interrupted(lease)
+                raise interrupted(self._adm, lease)
             assert lease is not None
             adm.finish(lease, None)
             return result

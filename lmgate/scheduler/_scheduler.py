@@ -9,7 +9,6 @@ is left, and returns only when no actor task remains.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -20,40 +19,48 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
-from lmgate._backend import backend_clock, running_backend
-from lmgate._chat import Message
-from lmgate._config_schema import ContextConfig
 from lmgate._endpoint import Endpoint
 from lmgate._errors import (
-    DeadlineExceeded,
-    EndpointUnavailable,
     InvalidParameter,
-    LmgateError,
     SchedulerClosed,
 )
-from lmgate._events import EventHub
-from lmgate.actors._endpoint import EndpointActor, resilience_fields
+from lmgate._validate import check_float
+from lmgate.actors._endpoint import EndpointActor
 from lmgate.actors._health import ActorMessage
+from lmgate.actors._messages import ControllerMessage
 from lmgate.actors._resilience import Resilience
-from lmgate.actors._resources import Reader
-from lmgate.policies._limit import Fixed, LimitPolicy, check_float, check_int
-from lmgate.policies._retry import Retry, check_fallbacks
-from lmgate.policies._throttle import Throttle
-from lmgate.policies.context import ContextStrategy
+from lmgate.config._schema import ContextConfig
+from lmgate.context._fit import ContextStrategy
+from lmgate.context._messages import Message
+from lmgate.observability._events import EventHub
+from lmgate.policies._default import default_limit
+from lmgate.policies._limit import LimitPolicy
+from lmgate.policies._retry import Retry
 from lmgate.policies.resources import ResourceGuard
-from lmgate.scheduler._admission import Admission, EndpointSlot
-from lmgate.scheduler._context_gate import ContextGate, ContextRequest
+from lmgate.scheduler._admission import Admission
+from lmgate.scheduler._arguments import (
+    as_priority,
+    backend_primitives,
+    check_model,
+    check_priority,
+    deadline_of,
+)
+from lmgate.scheduler._context_gate import ContextGate
 from lmgate.scheduler._controller import AdmissionController
 from lmgate.scheduler._coordinator import Coordinator, CoordinatorHandle, SharesLimits
 from lmgate.scheduler._discovery import Discovery
-from lmgate.scheduler._hooks import RequestHook, Watch
-from lmgate.scheduler._lease import EventLike, Lease, ScopeLike, Waiter
-from lmgate.scheduler._messages import ControllerMessage
+from lmgate.scheduler._hooks import RequestHook
+from lmgate.scheduler._lease import Lease, ScopeLike
+from lmgate.scheduler._lease_context import LeaseContext
+from lmgate.scheduler._options import QueueOptions, ResourceOptions, split_legacy
 from lmgate.scheduler._pressure import Resources
 from lmgate.scheduler._reconfigure import Reconfigurer, from_config
+from lmgate.scheduler._request_path import coordinate, run_call, wait_granted
 from lmgate.scheduler._retrying import Retrying
-from lmgate.scheduler._stats import EndpointStats, Stats
+from lmgate.scheduler._slot import EndpointSlot
+from lmgate.scheduler._stats import Stats, snapshot
 from lmgate.scheduler._throttling import throttling_for
+from lmgate.scheduler._watch import Watch
 from lmgate.transports._pool import ClientPool
 
 __all__ = ["Scheduler"]
@@ -64,10 +71,38 @@ _MAX_PRIORITY = 1_000_000
 
 @final
 class Scheduler:
-    """Admission control and routing for calls to language-model endpoints.
+    r"""Admission control and routing for calls to language-model endpoints.
 
     Use it as an async context manager; nothing runs before ``__aenter__``
-    and nothing survives ``__aexit__``.
+    and nothing survives ``__aexit__``.  With the defaults, entering it
+    starts no thread, touches no file, opens no socket and resolves no
+    name: probing (``Endpoint(probe=True)``), resource sampling, exposure
+    checks and DNS re-resolution each run only when asked for.
+
+    Args:
+        endpoints: the servers requests may go to (``Endpoint``), names unique.
+        limit: the concurrency-limit policy config for every endpoint
+            (an endpoint's own ``limit`` wins); default
+            :func:`lmgate.default_limit` (``Adaptive``).
+        queue: :class:`QueueOptions` -- queue bound and priority aging.
+        resilience: :class:`~lmgate.Resilience` -- breakers, probes,
+            retries, fallbacks, throttling, actor pacing.
+        context: a context strategy or ``ContextConfig``: how prompts given
+            as ``messages=`` are fitted to the granted endpoint's window.
+        resources: :class:`ResourceOptions` (or a bare ``ResourceGuard``) --
+            resource sampling and start-up checks, all off by default.
+        coordinator: shares leases and limits across processes
+            (``lmgate.coordination.Redis``).
+        hooks: ``RequestHook``\ s that see every request's start, grant and
+            end (metrics, traces).
+        grace: seconds that calls in flight get to finish at close before
+            they are cancelled.
+
+    The flat keywords of the first release (``queue_size=``, ``aging=``,
+    ``tick_interval=``, ``mailbox_size=``, ``retry=``, ``fallbacks=``,
+    ``throttle=``, ``resource_interval=``, ``resource_dirs=``,
+    ``resource_reader=``, ``state_dirs=``) still work for one release and
+    warn with ``DeprecationWarning``.
     """
 
     def __init__(
@@ -75,23 +110,14 @@ class Scheduler:
         endpoints: Sequence[Endpoint],
         *,
         limit: LimitPolicy | None = None,
-        queue_size: int = 1024,
-        aging: float = 10.0,
-        grace: float = 5.0,
-        tick_interval: float = 1.0,
-        mailbox_size: int = 4096,
-        coordinator: Coordinator | None = None,
-        retry: Retry | None = None,
-        fallbacks: Mapping[str, Sequence[str]] | None = None,
+        queue: QueueOptions | None = None,
         resilience: Resilience | None = None,
-        hooks: Sequence[RequestHook] = (),
-        resources: ResourceGuard | None = None,
-        resource_interval: float = 5.0,
-        resource_dirs: Sequence[str | os.PathLike[str]] = (),
-        resource_reader: Reader | None = None,
-        state_dirs: Sequence[str | os.PathLike[str]] = (),
         context: ContextStrategy | ContextConfig | None = None,
-        throttle: Throttle | None = Throttle(),  # noqa: B008 - frozen, shared safely
+        resources: ResourceOptions | ResourceGuard | None = None,
+        coordinator: Coordinator | None = None,
+        hooks: Sequence[RequestHook] = (),
+        grace: float = 5.0,
+        **deprecated: Any,
     ) -> None:
         if isinstance(endpoints, Endpoint) or not isinstance(endpoints, Sequence):
             raise InvalidParameter("endpoints must be a list of Endpoint", field="endpoints")
@@ -107,16 +133,17 @@ class Scheduler:
                 raise InvalidParameter(f"duplicate endpoint name {ep.name!r}", field="endpoints")
             names.add(ep.name)
         if limit is None:
-            limit = _default_limit()
+            limit = default_limit()
         if not hasattr(limit, "build"):
             raise InvalidParameter("limit must be a policy config such as Fixed(8)", field="limit")
+        queue, resilience, res = split_legacy(deprecated, queue, resilience, resources)
         self._endpoints = tuple(endpoints)
         self._limit_policy = limit
-        self._queue_size = check_int("queue_size", queue_size, low=0, high=10_000_000)
-        self._aging = check_float("aging", aging, low=0.0)
-        self._grace = check_float("grace", grace, low=0.0)
-        self._tick = check_float("tick_interval", tick_interval, low=0.0, low_open=True)
-        self._mailbox = check_int("mailbox_size", mailbox_size, low=1)
+        self._queue_size = queue.size
+        self._aging = queue.aging
+        self._grace = check_float("grace", grace, low=0.0, high=1e9)
+        self._tick = resilience.tick_interval
+        self._mailbox = resilience.mailbox_size
         self.events = EventHub()
         self._coordinator = coordinator
         slots = []
@@ -136,22 +163,13 @@ class Scheduler:
         self._running = False
         self._entered = False
         self._new_scope: Callable[..., ScopeLike] = anyio.CancelScope
-        self._resilience, self._retrying = self._resilience_of(retry, fallbacks, resilience)
-        self._admission.throttling = throttling_for(throttle, self._resilience.seed)
+        self._resilience = resilience
+        self._retrying = self._retrying_of(resilience)
+        self._admission.throttling = throttling_for(resilience.throttle, resilience.seed)
         # Request hooks (metrics, traces), and the machine around the scheduler:
         # resource pressure, exposed local servers, leftover temp files.
         self._watch = Watch(self._admission, hooks)
-        self._resources = Resources(
-            self._admission,
-            self._watch,
-            self.events,
-            self._endpoints,
-            guard=resources,
-            interval=resource_interval,
-            dirs=resource_dirs,
-            read=resource_reader,
-            state_dirs=state_dirs,
-        )
+        self._resources = Resources(self._admission, self._watch, self.events, self._endpoints, res)
         # Prompts (``messages=``) fitted to the granted endpoint's window;
         # a strategy here replaces the per-locality default for every endpoint.
         self._context = ContextGate(context, self.events)
@@ -160,27 +178,16 @@ class Scheduler:
         self._discovery = Discovery(self.events)
         self._clients: ClientPool | None = None
 
-    def _resilience_of(
-        self,
-        retry: Retry | None,
-        fallbacks: Mapping[str, Sequence[str]] | None,
-        resilience: Resilience | None,
-    ) -> tuple[Resilience, Retrying | None]:
-        if resilience is None:
-            resilience = Resilience()
-        elif not isinstance(resilience, Resilience):
-            raise InvalidParameter("resilience must be a Resilience", field="resilience")
-        if retry is not None and not isinstance(retry, Retry):
-            raise InvalidParameter("retry must be a Retry", field="retry")
-        chains = check_fallbacks(fallbacks) if fallbacks is not None else {}
+    def _retrying_of(self, resilience: Resilience) -> Retrying | None:
+        chains = resilience.fallbacks
         for m in {m for k, v in chains.items() for m in (k, *v)}:
             if m not in self._admission.by_model:
                 raise InvalidParameter(f"fallbacks: no endpoint serves {m!r}", field="fallbacks")
         self._rng = random.Random(resilience.seed)
-        if retry is None and not chains:
-            return resilience, None
+        if resilience.retry is None and not chains:
+            return None
         rng = random.Random(self._rng.random())
-        return resilience, Retrying(self, retry or Retry(), chains, rng)
+        return Retrying(self, resilience.retry or Retry(), chains, rng)
 
     @classmethod
     def from_config(
@@ -210,7 +217,7 @@ class Scheduler:
         if self._entered:
             raise SchedulerClosed("a Scheduler can be entered once")
         self._entered = True
-        self._admission.clock, self._admission.new_event, self._new_scope = _backend_primitives()
+        self._admission.clock, self._admission.new_event, self._new_scope = backend_primitives()
         await self._discovery.start(self)  # before anything routes
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -239,7 +246,10 @@ class Scheduler:
                 await self._reconf.start_actor(tg, actor)
             if self._coordinator is not None:
                 self._admission.on_release = self._coordinator.release
-                await tg.start(self._coordinator.run, CoordinatorHandle(self, csend.clone()))
+                await tg.start(
+                    self._coordinator.run,
+                    CoordinatorHandle(self._admission, self.events, csend.clone()),
+                )
             await self._reconf.start(tg, csend)
             await self._resources.start(tg)
             csend.close()
@@ -337,7 +347,7 @@ class Scheduler:
         if not callable(call):
             raise InvalidParameter("call must be an async callable taking the lease", field="call")
         if type(priority) is not int:
-            priority = _as_priority(priority)
+            priority = as_priority(priority)
         if self._retrying is not None:
             if type(idempotent) is not bool:
                 raise InvalidParameter("idempotent must be a bool", field="idempotent")
@@ -346,66 +356,7 @@ class Scheduler:
                 prompt = self._context.prepare(adm, "", messages, max_tokens, route=False)
                 call = self._context.wrap(call, prompt)
             return await self._retrying.run(call, model, priority, timeout, idempotent)
-        req: ContextRequest | None = None
-        if self._coordinator is not None:
-            lease = await self.acquire(
-                model=model,
-                priority=priority,
-                timeout=timeout,
-                messages=messages,
-                max_tokens=max_tokens,
-            )
-            waiter = None
-        else:
-            # One cancel scope covers the wait and the call: it is the
-            # request's one deadline, and the handle close() cancels.
-            deadline = self._deadline(model, priority, timeout)
-            if type(model) is not str:
-                model = str.__str__(model)
-            adm = self._admission
-            if messages is not None:
-                req = self._context.prepare(adm, model, messages, max_tokens, priority=priority)
-            need = None if req is None else req.need
-            got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
-            if isinstance(got, Lease):
-                lease, waiter = got, None
-            else:
-                lease, waiter = None, got
-        if waiter is not None:
-            scope = self._new_scope(deadline=waiter.deadline)
-        else:
-            assert lease is not None
-            scope = self._new_scope(deadline=lease.deadline)
-        try:
-            with scope:
-                if waiter is not None:
-                    await waiter.event.wait()
-                    if waiter.error is not None:
-                        raise waiter.error
-                    lease = waiter.lease
-                assert lease is not None
-                lease._scope = scope
-                if req is not None:
-                    await self._context.fit(lease, req)
-                result = await call(lease)
-        except BaseException as exc:
-            if waiter is not None and (lease is None or lease._scope is None):
-                self._admission.leave(waiter, "cancelled")
-                raise
-            assert lease is not None
-            replacement = self._after_error(lease, exc, scope)
-            if replacement is None:
-                raise
-            raise replacement from exc
-        if scope.cancelled_caught:
-            if waiter is not None and (lease is None or lease._scope is None):
-                self._admission.leave(waiter, "deadline_exceeded")
-                raise DeadlineExceeded(f"no slot for {model!r} before the deadline")
-            assert lease is not None
-            raise self._interrupted(lease)
-        assert lease is not None
-        self._admission.finish(lease, None)
-        return result
+        return await run_call(self, call, model, priority, timeout, messages, max_tokens)
 
     def lease(
         self,
@@ -415,14 +366,14 @@ class Scheduler:
         timeout: float | None = None,
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
-    ) -> _LeaseContext:
+    ) -> LeaseContext:
         """``async with sched.lease(model=...) as lease:`` -- hold a slot for a block.
 
         The block runs under the request's deadline; leaving it, by any
         path, releases the slot.  ``messages`` and ``max_tokens`` as in
         :meth:`run`: the fitted prompt is ``lease.messages``.
         """
-        return _LeaseContext(self, model, priority, timeout, messages, max_tokens)
+        return LeaseContext(self, model, priority, timeout, messages, max_tokens)
 
     async def acquire(
         self,
@@ -440,7 +391,7 @@ class Scheduler:
         The deadline is not enforced on the work: check ``lease.remaining()``.
         """
         if type(priority) is not int:
-            priority = _as_priority(priority)
+            priority = as_priority(priority)
         deadline = self._deadline(model, priority, timeout)
         if type(model) is not str:
             model = str.__str__(model)
@@ -452,98 +403,19 @@ class Scheduler:
         )
         need = None if req is None else req.need
         got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
-        lease = got if isinstance(got, Lease) else await self._wait(got)
+        lease = got if isinstance(got, Lease) else await wait_granted(self._admission, got)
         if self._coordinator is not None:
-            await self._coordinate(lease)
+            await coordinate(self._admission, self._coordinator, lease)
         if req is not None:
             await self._context.fit_held(lease, req)
         return lease
 
-    async def _coordinate(self, lease: Lease) -> None:
-        """Take the shared (cross-process) slot too, within the same deadline."""
-        assert self._coordinator is not None
-        adm = self._admission
-        try:
-            with anyio.CancelScope(deadline=lease.deadline) as scope:
-                await self._coordinator.acquire(lease)
-        except BaseException as exc:
-            adm.finish(lease, None, outcome="cancelled", result=_coordination_outcome(exc))
-            raise
-        if scope.cancelled_caught:
-            adm.finish(lease, None, outcome="cancelled", result="deadline_exceeded")
-            raise DeadlineExceeded("no shared slot before the deadline")
-        lease._coordinated = True
-        # The call starts now: time spent waiting for the shared slot is
-        # queueing, not service, for the samples and the service time.
-        lease.granted_at = adm.clock()
-
     def _deadline(self, model: object, priority: object, timeout: object) -> float:
         if not self._running:
             raise SchedulerClosed("the scheduler is not running (use `async with`)")
-        if not isinstance(model, str) or not model or len(model) > 4096 or "\x00" in model:
-            raise InvalidParameter("model must be a non-empty string without NUL", field="model")
-        if type(priority) is not int or not -_MAX_PRIORITY <= priority <= _MAX_PRIORITY:
-            raise InvalidParameter(
-                f"priority must be an int in [-{_MAX_PRIORITY}, {_MAX_PRIORITY}]", field="priority"
-            )
-        if timeout is None:
-            return math.inf
-        if (
-            type(timeout) not in (int, float)
-            and isinstance(timeout, int | float)
-            and not isinstance(timeout, bool)
-        ):
-            # A float or int subclass (numpy.float64, IntEnum) counts as its value.
-            timeout = (
-                float.__float__(timeout) if isinstance(timeout, float) else int.__index__(timeout)
-            )
-        if type(timeout) not in (int, float) or timeout != timeout or timeout < 0:  # type: ignore[operator]
-            raise InvalidParameter("timeout must be None or a number >= 0", field="timeout")
-        if timeout == math.inf:
-            return math.inf
-        return self._admission.clock() + float(timeout)  # type: ignore[arg-type]
-
-    async def _wait(self, waiter: Waiter) -> Lease:
-        adm = self._admission
-        try:
-            if waiter.deadline == math.inf:
-                await waiter.event.wait()
-            else:
-                with anyio.CancelScope(deadline=waiter.deadline):
-                    await waiter.event.wait()
-        except BaseException:
-            adm.leave(waiter, "cancelled")
-            raise
-        if waiter.lease is not None:
-            return waiter.lease
-        if waiter.error is not None:
-            raise waiter.error
-        adm.leave(waiter, "deadline_exceeded")
-        raise DeadlineExceeded(f"no slot for {waiter.model!r} before the deadline")
-
-    def _after_error(
-        self, lease: Lease, exc: BaseException, scope: ScopeLike
-    ) -> BaseException | None:
-        """Release after the call raised; return an error to raise instead, if any."""
-        adm = self._admission
-        if lease._revoked:
-            adm.finish(lease, None, outcome="cancelled", result="closed")
-            return SchedulerClosed("the scheduler closed while the call ran")
-        if scope.cancel_called and not lease._released:
-            # Our deadline interrupted the call and the call turned the
-            # cancellation into its own error.
-            adm.finish(lease, None, outcome="timeout", result="deadline_exceeded")
-            return DeadlineExceeded(f"deadline passed during the call on {lease.endpoint.name}")
-        adm.finish(lease, exc)
-        return None
-
-    def _interrupted(self, lease: Lease) -> BaseException:
-        adm = self._admission
-        if lease._revoked:
-            adm.finish(lease, None, outcome="cancelled", result="closed")
-            return SchedulerClosed("the scheduler closed while the call ran")
-        adm.finish(lease, None, outcome="timeout", result="deadline_exceeded")
-        return DeadlineExceeded(f"deadline passed during the call on {lease.endpoint.name}")
+        check_model(model)
+        check_priority(priority)
+        return deadline_of(timeout, self._admission.clock)
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -574,48 +446,16 @@ class Scheduler:
     def stats(self) -> Stats:
         """A consistent snapshot of queue, in-flight, limits, states and outcomes."""
         adm = self._admission
-        eps = []
-        throttles = adm.throttling.statistics() if adm.throttling is not None else {}
-        for slot, state in zip(adm.slots, self._limit_states, strict=True):
-            if self._reconf.hidden(slot):  # removed from the config, and drained
-                continue
-            actor = self._actors[slot.index] if slot.index < len(self._actors) else None
-            a = actor.statistics() if actor is not None else None
-            eps.append(
-                EndpointStats(
-                    name=slot.endpoint.name,
-                    url=a.url if a else slot.endpoint.url,
-                    kind=slot.endpoint.kind,
-                    models=slot.models,
-                    state=slot.state,
-                    routing=slot.routing,
-                    limit=slot.limit,
-                    in_flight=slot.in_flight,
-                    peak_in_flight=slot.peak_in_flight,
-                    service_time=slot.service_time,
-                    latency_ewma=a.latency_ewma if a else None,
-                    ttft_ewma=a.ttft_ewma if a else None,
-                    samples=a.samples if a else 0,
-                    by_class=a.by_class if a else {},
-                    dropped_samples=slot.dropped_samples,
-                    policy=state.statistics(),
-                    discovery=self._discovery.statistics_for(slot.endpoint.name),
-                    throttle=throttles.get(slot.endpoint.name),
-                    **(resilience_fields(a) if a else {}),
-                )
-            )
-        return Stats(
-            submitted=adm.submitted,
-            outcomes=dict(adm.outcomes),
-            queued=adm.queued,
-            in_flight=adm.in_flight,
-            peak_queued=adm.peak_queued,
-            queue_size=adm.queue_size,
-            closed=adm.closed,
-            endpoints=tuple(eps),
+        actors = [a.statistics() for a in self._actors]
+        retrying = self._retrying
+        return snapshot(
+            adm,
+            self._limit_states,
+            actors,
+            hidden=self._reconf.hidden,
+            discovery=self._discovery.statistics_for,
             events=self.events.statistics(),
-            retries=self._retrying.retries if self._retrying else 0,
-            fallbacks=self._retrying.fallbacks if self._retrying else 0,
+            retries=(retrying.retries, retrying.fallbacks) if retrying else (0, 0),
             resources=self._resources.statistics(),
             context=self._context.statistics(),
         )
@@ -627,120 +467,3 @@ class Scheduler:
             f"<Scheduler {state} endpoints={[e.name for e in self._endpoints]}"
             f" queued={adm.queued} in_flight={adm.in_flight}>"
         )
-
-
-def _as_priority(priority: object) -> int:
-    """An int subclass (an ``IntEnum`` level) as its plain value; anything else refused.
-
-    The plain value is what the queue hashes and compares, so a subclass
-    with odd comparisons cannot reach it.
-    """
-    if isinstance(priority, int) and not isinstance(priority, bool):
-        return int.__index__(priority)
-    raise InvalidParameter(
-        f"priority must be an int in [-{_MAX_PRIORITY}, {_MAX_PRIORITY}]", field="priority"
-    )
-
-
-def _coordination_outcome(exc: BaseException) -> str:
-    """The outcome of a request whose shared slot could not be taken."""
-    if isinstance(exc, anyio.get_cancelled_exc_class()):
-        return "cancelled"
-    if isinstance(exc, SchedulerClosed):
-        return "closed"
-    if isinstance(exc, DeadlineExceeded):
-        return "deadline_exceeded"
-    if isinstance(exc, EndpointUnavailable):
-        return "unavailable"
-    return "rejected" if isinstance(exc, LmgateError) else "failed"
-
-
-def _backend_primitives() -> tuple[
-    Callable[[], float], Callable[[], EventLike], Callable[..., ScopeLike]
-]:
-    """The running backend's clock, event and cancel scope, looked up once.
-
-    anyio's portable wrappers find the backend on every call; on the
-    per-request path that lookup costs more than the work it wraps.
-    """
-    clock = backend_clock()
-    if running_backend() == "trio":
-        import trio
-
-        return clock, trio.Event, trio.CancelScope
-    import asyncio
-
-    return clock, asyncio.Event, anyio.CancelScope
-
-
-def _default_limit() -> LimitPolicy:
-    try:
-        from lmgate.policies._adaptive import Adaptive
-    except ImportError:  # pragma: no cover
-        return Fixed(8)
-    return Adaptive()
-
-
-@final
-class _LeaseContext:
-    """What ``Scheduler.lease()`` returns: the async context holding a lease."""
-
-    __slots__ = ("_lease", "_max_tokens", "_messages", "_model", "_priority", "_sched", "_timeout")
-
-    def __init__(
-        self,
-        sched: Scheduler,
-        model: str,
-        priority: int,
-        timeout: float | None,
-        messages: Iterable[Message | Mapping[str, Any]] | None = None,
-        max_tokens: int | None = None,
-    ):
-        self._sched = sched
-        self._model = model
-        self._priority = priority
-        self._timeout = timeout
-        self._messages = messages
-        self._max_tokens = max_tokens
-        self._lease: Lease | None = None
-
-    async def __aenter__(self) -> Lease:
-        if self._lease is not None:
-            raise InvalidParameter("this lease context is already in use", field="lease")
-        lease = await self._sched.acquire(
-            model=self._model,
-            priority=self._priority,
-            timeout=self._timeout,
-            messages=self._messages,
-            max_tokens=self._max_tokens,
-        )
-        scope = self._sched._new_scope(deadline=lease.deadline)
-        lease._scope = scope
-        scope.__enter__()
-        self._lease = lease
-        return lease
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        lease = self._lease
-        assert lease is not None
-        assert lease._scope is not None
-        scope = lease._scope
-        swallowed = scope.__exit__(exc_type, exc, tb)
-        sched = self._sched
-        if exc is None or swallowed:
-            if scope.cancelled_caught:
-                raise sched._interrupted(lease)
-            sched._admission.finish(lease, None)
-            return bool(swallowed)
-        replacement = sched._after_error(lease, exc, scope)
-        if replacement is not None:
-            raise replacement from exc
-        return False
-
-    def __repr__(self) -> str:
-        return f"<lease context model={self._model!r} priority={self._priority}>"

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import final
 
 import msgspec
 
-from lmgate._events import EventHubStatistics
-from lmgate.policies._context_report import ContextStatistics
-from lmgate.policies._limit import LimitStatistics
+from lmgate.actors._endpoint import resilience_fields
+from lmgate.actors._statistics import EndpointActorStatistics
+from lmgate.context._report import ContextStatistics
+from lmgate.observability._events import EventHubStatistics
+from lmgate.policies._limit import LimitState, LimitStatistics
 from lmgate.policies._throttle import ThrottleStatistics
+from lmgate.scheduler._admission import Admission
 from lmgate.scheduler._discovery_watch import DiscoveryStatistics
 from lmgate.scheduler._pressure import ResourcesStatistics
+from lmgate.scheduler._slot import EndpointSlot
 
-__all__ = ["EndpointStats", "Stats"]
+__all__ = ["EndpointStats", "Stats", "snapshot"]
 
 
 @final
@@ -92,3 +97,62 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     #: pausing, a smaller context threshold); the listeners behind loopback
     #: endpoints; the start-up cleanup of leftover temp files.
     resources: ResourcesStatistics | None = None
+
+
+def snapshot(
+    adm: Admission,
+    limit_states: Sequence[LimitState],
+    actors: Sequence[EndpointActorStatistics],
+    *,
+    hidden: Callable[[EndpointSlot], bool],
+    discovery: Callable[[str], DiscoveryStatistics | None],
+    events: EventHubStatistics,
+    retries: tuple[int, int],
+    resources: ResourcesStatistics,
+    context: ContextStatistics,
+) -> Stats:
+    """``Scheduler.stats()``: admission's counts joined with each actor's view."""
+    eps = []
+    throttles = adm.throttling.statistics() if adm.throttling is not None else {}
+    for slot, state in zip(adm.slots, limit_states, strict=True):
+        if hidden(slot):  # removed from the config, and drained
+            continue
+        a = actors[slot.index] if slot.index < len(actors) else None
+        eps.append(
+            EndpointStats(
+                name=slot.endpoint.name,
+                url=a.url if a else slot.endpoint.url,
+                kind=slot.endpoint.kind,
+                models=slot.models,
+                state=slot.state,
+                routing=slot.routing,
+                limit=slot.limit,
+                in_flight=slot.in_flight,
+                peak_in_flight=slot.peak_in_flight,
+                service_time=slot.service_time,
+                latency_ewma=a.latency_ewma if a else None,
+                ttft_ewma=a.ttft_ewma if a else None,
+                samples=a.samples if a else 0,
+                by_class=a.by_class if a else {},
+                dropped_samples=slot.dropped_samples,
+                policy=state.statistics(),
+                discovery=discovery(slot.endpoint.name),
+                throttle=throttles.get(slot.endpoint.name),
+                **(resilience_fields(a) if a else {}),
+            )
+        )
+    return Stats(
+        submitted=adm.submitted,
+        outcomes=dict(adm.outcomes),
+        queued=adm.queued,
+        in_flight=adm.in_flight,
+        peak_queued=adm.peak_queued,
+        queue_size=adm.queue_size,
+        closed=adm.closed,
+        endpoints=tuple(eps),
+        events=events,
+        retries=retries[0],
+        fallbacks=retries[1],
+        resources=resources,
+        context=context,
+    )

@@ -35,16 +35,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Final, final
+from collections.abc import Collection, Sequence
+from typing import Final, final
 
 from lmgate._errors import InvalidParameter, Rejected
 from lmgate.policies._sample import OutcomeClass
 from lmgate.policies._throttle import Throttle, ThrottleState, ThrottleStatistics
-from lmgate.scheduler._context_gate import window_fits
-
-if TYPE_CHECKING:
-    from lmgate.scheduler._admission import Admission, EndpointSlot
+from lmgate.scheduler._slot import EndpointSlot, window_fits
 
 __all__ = ["Throttling", "throttling_for"]
 
@@ -150,24 +147,20 @@ class Throttling:
                 return False
         return True
 
-    def refuse_next(self, adm: Admission, slot: EndpointSlot, now: float) -> bool:
-        """``slot`` refused to take a queued request: fail that request, if it has no other way.
+    def must_refuse(self, slots: Sequence[EndpointSlot], slot: EndpointSlot, now: float) -> bool:
+        """``slot`` refused to take a queued request: must that request fail now?
 
-        Returns False -- stop filling ``slot`` -- when an endpoint free of
-        throttling serves the same models (the queue waits for it) or
-        nothing is waiting for ``slot``; True after failing one request.
+        No -- stop filling ``slot`` and let the queue wait -- when an
+        endpoint free of throttling serves the same models; yes when every
+        other way is throttled too (admission then fails its best waiter).
         """
         models = set(slot.models)
-        for s in adm.slots:
+        for s in slots:
             if s is slot or s.routing != "up" or models.isdisjoint(s.models):
                 continue
             throttle = s.throttle
             if not isinstance(throttle, _SlotThrottle) or not throttle.active(now):
                 return False
-        waiter = adm.queue.best_fitting(slot.models, slot.endpoint.window_for)
-        if waiter is None:
-            return False
-        adm._refuse(waiter, self.rejected(waiter.model), "rejected")
         return True
 
     def rejected(self, model: str) -> Rejected:

@@ -11,13 +11,6 @@ from lmgate.sim._config import SimConfig, SimKVOverflow, SimResult, SimStatistic
 from lmgate.sim._dist import Dist
 from lmgate.sim._faults import FaultAction, FaultSchedule, FaultStep, run_schedule
 from lmgate.sim._health import sim_health
-from lmgate.sim._http import (
-    HTTP_DIALECTS,
-    SimHTTPConfig,
-    SimHTTPServer,
-    SimHTTPServerStatistics,
-    sim_transport,
-)
 from lmgate.sim._load import ClientLoad, LoadReport, LoadRequest, Submit, run_load
 from lmgate.sim._model import SimLease, SimServer
 from lmgate.sim._scenarios import (
@@ -27,6 +20,13 @@ from lmgate.sim._scenarios import (
     list_scenarios,
     load_scenario,
     parse_scenario,
+)
+from lmgate.sim.http._app import (
+    HTTP_DIALECTS,
+    SimHTTPConfig,
+    SimHTTPServer,
+    SimHTTPServerStatistics,
+    sim_transport,
 )
 
 __all__ = [

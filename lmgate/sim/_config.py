@@ -12,7 +12,7 @@ from typing import Literal, final
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float, check_int
+from lmgate._validate import check_float, check_int
 from lmgate.sim._dist import Dist
 
 __all__ = ["SimConfig", "SimKVOverflow", "SimResult", "SimStatistics"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmgate.sim._http_base import (
+from lmgate.sim.http._base import (
     SimEngine,
     SimRequest,
     SimResponse,
@@ -21,9 +21,9 @@ from lmgate.sim._http_base import (
     text_response,
     tokens_of,
 )
-from lmgate.sim._http_dialect import Dialect
-from lmgate.sim._http_llamacpp import LlamaCpp
-from lmgate.sim._http_ollama import LocalAI, Ollama
+from lmgate.sim.http._dialect import Dialect
+from lmgate.sim.http._llamacpp import LlamaCpp
+from lmgate.sim.http._ollama import LocalAI, Ollama
 
 __all__ = ["DIALECT_CLASSES"]
 

@@ -18,7 +18,7 @@ import anyio
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float, check_int
+from lmgate._validate import check_float, check_int
 
 if TYPE_CHECKING:
     from lmgate.sim._model import SimServer

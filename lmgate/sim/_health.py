@@ -11,8 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 
-from lmgate._endpoint import Endpoint
-from lmgate.actors._resilience import ProbeReport
+from lmgate._endpoint import Endpoint, ProbeReport
 from lmgate.policies._health import url_port
 from lmgate.sim._model import SimServer
 

@@ -22,7 +22,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float
+from lmgate._validate import check_float
 from lmgate.sim._scenarios import ClientSpec
 
 __all__ = ["ClientLoad", "LoadReport", "LoadRequest", "Submit", "run_load"]

@@ -25,7 +25,7 @@ import msgspec
 
 from lmgate._endpoint import Endpoint
 from lmgate._errors import ContextOverflow, InvalidParameter, Overloaded
-from lmgate.policies._limit import check_float, check_int
+from lmgate._validate import check_float, check_int
 from lmgate.sim._config import SimConfig, SimKVOverflow, SimResult, SimStatistics
 from lmgate.sim._engine import ACTIVE, DONE, QUEUED, Engine, Seq
 

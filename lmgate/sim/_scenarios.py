@@ -18,7 +18,7 @@ from typing import Any, Literal, final
 import msgspec
 
 from lmgate._errors import InvalidParameter
-from lmgate.policies._limit import check_float, check_int
+from lmgate._validate import check_float, check_int
 from lmgate.sim._config import SimConfig
 from lmgate.sim._dist import Dist
 from lmgate.sim._faults import FaultSchedule, FaultStep

@@ -11,18 +11,46 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 import httpx
 
+from lmgate._endpoint import EndpointRef
 from lmgate._errors import DeadlineExceeded
+from lmgate.detect._tokens import TokenEstimator
+from lmgate.policies._sample import OutcomeClass
 from lmgate.transports._usage import UsageSniffer
 
-if TYPE_CHECKING:
-    from lmgate.transports._scheduling import LeaseLike, SchedulingTransport
 
-__all__ = ["LeasedStream"]
+class LeaseLike(Protocol):
+    """What the transport needs of a lease."""
+
+    endpoint: EndpointRef
+    deadline: float
+
+    def report(
+        self,
+        *,
+        ttft: float | None = None,
+        prompt_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None: ...
+
+    def release(
+        self, error: BaseException | None = None, *, outcome: OutcomeClass | None = None
+    ) -> None: ...
+
+
+class StreamOwner(Protocol):
+    """What a leased stream tells its transport (``SchedulingTransport``)."""
+
+    def stream_closed(self) -> None: ...
+
+    def estimator(self, endpoint: str) -> TokenEstimator: ...
+
+
+__all__ = ["LeaseLike", "LeasedStream", "StreamOwner"]
 
 
 class LeasedStream(httpx.AsyncByteStream):
@@ -30,7 +58,7 @@ class LeasedStream(httpx.AsyncByteStream):
 
     def __init__(
         self,
-        owner: SchedulingTransport,
+        owner: StreamOwner,
         response: httpx.Response,
         lease: LeaseLike,
         start: float,

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 
 from lmgate._endpoint import EndpointRef
-from lmgate._secrets import redact
+from lmgate.security._secrets import redact
 from lmgate.transports._errors import error_from_response
 from lmgate.transports._urls import rebase
 from lmgate.transports._usage import usage_of

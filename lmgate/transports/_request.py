@@ -17,7 +17,6 @@ import anyio
 import httpx
 import msgspec
 
-from lmgate._chat import Message, to_messages
 from lmgate._endpoint import Endpoint
 from lmgate._errors import (
     ContextOverflow,
@@ -26,6 +25,7 @@ from lmgate._errors import (
     LmgateError,
     Rejected,
 )
+from lmgate.context._messages import Message, to_messages
 
 __all__ = [
     "chat_prompt",

@@ -24,8 +24,7 @@ import anyio
 import httpx
 import msgspec
 
-from lmgate._chat import Message
-from lmgate._endpoint import Endpoint, EndpointRef
+from lmgate._endpoint import Endpoint
 from lmgate._errors import (
     ContextOverflow,
     DeadlineExceeded,
@@ -36,12 +35,13 @@ from lmgate._errors import (
     Rejected,
     SchedulerClosed,
 )
+from lmgate.context._messages import Message
 from lmgate.detect._learn import endpoint_key
 from lmgate.detect._locality import classify_url
 from lmgate.detect._tokens import TokenEstimator
 from lmgate.policies._sample import OutcomeClass
 from lmgate.transports._errors import error_from_response
-from lmgate.transports._leased import LeasedStream
+from lmgate.transports._leased import LeasedStream, LeaseLike
 from lmgate.transports._pool import ClientPool, pooled_transport
 from lmgate.transports._request import (
     chat_prompt,
@@ -72,25 +72,6 @@ _DROP = frozenset(
         "x-lmgate-model",
     }
 )
-
-
-class LeaseLike(Protocol):
-    """What the transport needs of a lease."""
-
-    endpoint: EndpointRef
-    deadline: float
-
-    def report(
-        self,
-        *,
-        ttft: float | None = None,
-        prompt_tokens: int | None = None,
-        output_tokens: int | None = None,
-    ) -> None: ...
-
-    def release(
-        self, error: BaseException | None = None, *, outcome: OutcomeClass | None = None
-    ) -> None: ...
 
 
 class LeaseSource(Protocol):

@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 
 import lmgate.actors._endpoint as actor_module
 from lmgate import Endpoint
-from lmgate._events import Event, EventHub
 from lmgate.actors._endpoint import EndpointActor
 from lmgate.actors._health import ActorMessage
+from lmgate.actors._messages import ControllerMessage, StateChanged, UrlChanged
 from lmgate.actors._resilience import ProbeReport, Resilience
+from lmgate.observability._events import Event, EventHub
 from lmgate.policies import Fixed, LimitStatistics, Sample
 from lmgate.policies._breaker import Breaker
 from lmgate.policies._health import HealthSchedule, url_port
@@ -39,7 +40,6 @@ from lmgate.policies._resilience_events import (
     LimitChanged,
     ModelChanged,
 )
-from lmgate.scheduler._messages import ControllerMessage, StateChanged, UrlChanged
 
 pytestmark = pytest.mark.anyio
 

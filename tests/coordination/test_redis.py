@@ -355,7 +355,7 @@ async def test_one_leader_computes_the_shared_limit_and_fails_over(redis_url: st
     assert any(isinstance(e, LeadershipChanged) and e.leader for e in seen_a)
 
 
-def _drain(sub: lmgate.Subscription) -> list[Any]:
+def _drain(sub: lmgate.events.Subscription) -> list[Any]:
     out = []
     while (e := sub.get_nowait()) is not None:
         out.append(e)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from lmgate._cli_probe import probe_command
+from lmgate.cli._probe import probe_command
 from lmgate.detect._probe import _CACHE
-from lmgate.sim._http import SimHTTPConfig, SimHTTPServer
+from lmgate.sim.http._app import SimHTTPConfig, SimHTTPServer
 
 
 @pytest.mark.anyio

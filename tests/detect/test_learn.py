@@ -7,9 +7,9 @@ import pytest
 
 from lmgate._endpoint import Endpoint
 from lmgate._errors import InvalidParameter
-from lmgate.detect import discover, health_status, learn, probe
+from lmgate.detect import health_status, learn, probe
 from lmgate.detect._probe import _CACHE
-from lmgate.sim._http import SimHTTPConfig, SimHTTPServer
+from lmgate.sim.http._app import SimHTTPConfig, SimHTTPServer
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ async def test_discover_builds_an_endpoint_from_the_server() -> None:
     """discover() fills kind, models, windows, locality and the health route."""
     cfg = SimHTTPConfig(kind="llamacpp", models=("tiny",), slots=2, n_ctx=300)
     async with SimHTTPServer(cfg) as server:
-        ep = await discover(server.url + "/v1", name="box", read_timeout=30.0)
+        ep = await Endpoint.discover(server.url + "/v1", name="box", read_timeout=30.0)
         assert ep.health is not None
         assert await ep.health(ep) is True
         await server.stop()
@@ -77,7 +77,7 @@ async def test_unreachable_discover_is_refused() -> None:
     async with SimHTTPServer() as server:
         url = server.url
     with pytest.raises(InvalidParameter):
-        await discover(url, timeout=0.5)
+        await Endpoint.discover(url, timeout=0.5)
 
 
 @pytest.mark.anyio

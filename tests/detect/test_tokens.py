@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lmgate._errors import InvalidParameter
 from lmgate.detect import TokenEstimator, count_tokens
-from lmgate.sim._http import SimHTTPConfig, sim_transport
+from lmgate.sim.http._app import SimHTTPConfig, sim_transport
 
 
 def test_prior_errs_high() -> None:

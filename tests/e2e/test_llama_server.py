@@ -75,7 +75,7 @@ async def test_openai_sdk_hundreds_of_requests_within_slots(
     peaks: dict[str, float] = {}
     stop = anyio.Event()
     failures: list[BaseException] = []
-    async with lmgate.Scheduler([ep], queue_size=n) as sched:
+    async with lmgate.Scheduler([ep], queue=lmgate.QueueOptions(size=n)) as sched:
         transport = SchedulingTransport(sched)
         client = openai.AsyncOpenAI(
             base_url="http://lmgate.invalid/v1",

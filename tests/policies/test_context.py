@@ -12,18 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmgate._chat import (
-    AssistantMessage,
-    Message,
-    SystemMessage,
-    ToolCall,
-    ToolMessage,
-    UserMessage,
-)
 from lmgate._endpoint import EndpointRef
 from lmgate._errors import ContextOverflow, InvalidParameter
-from lmgate._tokens_estimate import estimate_tokens
-from lmgate.policies.context import (
+from lmgate.context._estimate import estimate_tokens
+from lmgate.context._fit import (
     Chain,
     Compress,
     ContextCounters,
@@ -34,6 +26,14 @@ from lmgate.policies.context import (
     context_events,
     default_strategy,
     fit_messages,
+)
+from lmgate.context._messages import (
+    AssistantMessage,
+    Message,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
 )
 
 MARK = "characters elided to fit the context window"

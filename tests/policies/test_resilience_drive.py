@@ -17,7 +17,7 @@ import anyio
 import trio.testing
 
 from lmgate._errors import Overloaded
-from lmgate._events import Event
+from lmgate.observability._events import Event
 from lmgate.policies._breaker import Breaker, Transition
 from lmgate.policies._classify import classify
 from lmgate.policies._health import HealthSchedule, PortSearch, default_ports

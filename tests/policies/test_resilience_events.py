@@ -7,7 +7,7 @@ from typing import Any, Union
 import msgspec
 import pytest
 
-from lmgate._events import Event, EventHub
+from lmgate.observability._events import Event, EventHub
 from lmgate.policies._breaker import Breaker
 from lmgate.policies._resilience_events import (
     BreakerClosed,

@@ -18,13 +18,17 @@ from lmgate import (
     EndpointUnavailable,
     InvalidParameter,
     Overloaded,
+    QueueOptions,
     Rejected,
+    Resilience,
+    ResourceOptions,
     SchedulerClosed,
 )
 from lmgate.policies import Fixed, Sample
 from lmgate.scheduler import Lease, Scheduler
-from lmgate.scheduler._admission import Admission, EndpointSlot
+from lmgate.scheduler._admission import Admission
 from lmgate.scheduler._lease import Waiter
+from lmgate.scheduler._slot import EndpointSlot
 
 
 class FakeEvent:
@@ -483,12 +487,12 @@ async def test_non_callable_call_changes_nothing(call: object) -> None:
         ("endpoints", {"endpoints": [_ep("a", "m"), _ep("a", "n")]}),
         ("endpoints", {"endpoints": ["http://127.0.0.1:1"]}),
         ("limit", {"limit": 8}),
-        ("queue_size", {"queue_size": -1}),
-        ("queue_size", {"queue_size": True}),
-        ("aging", {"aging": math.nan}),
+        ("queue", {"queue": 8}),
+        ("resilience", {"resilience": {"seed": 1}}),
+        ("resources", {"resources": "psutil"}),
         ("grace", {"grace": -1}),
-        ("tick_interval", {"tick_interval": 0}),
-        ("mailbox_size", {"mailbox_size": 0}),
+        ("grace", {"grace": math.inf}),
+        ("bogus", {"bogus": 1}),
     ],
 )
 def test_bad_scheduler_config(field: str, kwargs: dict[str, Any]) -> None:
@@ -498,6 +502,37 @@ def test_bad_scheduler_config(field: str, kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidParameter) as info:
         Scheduler(endpoints, **args)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("field", "build"),
+    [
+        ("queue.size", lambda: QueueOptions(size=-1)),
+        ("queue.size", lambda: QueueOptions(size=True)),
+        ("queue.aging", lambda: QueueOptions(aging=math.nan)),
+        ("tick_interval", lambda: Resilience(tick_interval=0)),
+        ("mailbox_size", lambda: Resilience(mailbox_size=0)),
+        ("resources.interval", lambda: ResourceOptions(interval=0)),
+        ("resources.dirs", lambda: ResourceOptions(dirs="/tmp")),
+    ],
+)
+def test_bad_option_groups(field: str, build: Any) -> None:
+    """Each option group refuses a bad value at construction, naming the field."""
+    with pytest.raises(InvalidParameter) as info:
+        build()
+    assert info.value.field == field
+
+
+def test_flat_keywords_still_work_with_a_warning() -> None:
+    """The first release's flat keywords map onto the groups, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match="is deprecated") as record:
+        sched = Scheduler([_ep("a", "m")], queue_size=7, aging=2.0, tick_interval=0.5)
+    assert len(record) == 3
+    assert sched._queue_size == 7
+    assert sched._aging == 2.0
+    assert sched._tick == 0.5
+    with pytest.warns(DeprecationWarning, match="queue_size"), pytest.raises(InvalidParameter):
+        Scheduler([_ep("a", "m")], queue_size=-1)
 
 
 # -- a rule-based state machine over the synchronous core -----------------------------------

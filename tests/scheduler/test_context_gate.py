@@ -13,17 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmgate import ContextOverflow, Endpoint, InvalidParameter, Lease, Scheduler
-from lmgate._chat import Message, to_dicts
-from lmgate._tokens_estimate import estimate_tokens
-from lmgate.policies import Fixed
-from lmgate.policies.context import (
+from lmgate.context._estimate import estimate_tokens
+from lmgate.context._fit import (
     ContextApplied,
     ResetWithSummary,
     SlidingWindow,
 )
-from lmgate.scheduler._admission import Admission, EndpointSlot
-from lmgate.scheduler._context_gate import window_fits
+from lmgate.context._messages import Message, to_dicts
+from lmgate.policies import Fixed
+from lmgate.scheduler._admission import Admission
 from lmgate.scheduler._lease import Waiter
+from lmgate.scheduler._slot import EndpointSlot, window_fits
 
 from ._support import check_identity, endpoint
 

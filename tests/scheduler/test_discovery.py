@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 import lmgate
 from lmgate import Endpoint, Scheduler
 from lmgate._errors import InvalidParameter
-from lmgate._events import EventHub
 from lmgate.actors._resilience import ProbeReport, Resilience
 from lmgate.detect._probe import _CACHE
+from lmgate.observability._events import EventHub
 from lmgate.policies import Fixed
 from lmgate.policies._adaptive import Adaptive
 from lmgate.policies._aimd import AIMD
@@ -32,7 +32,7 @@ from lmgate.scheduler._discovery_watch import (
     EndpointDiscoveryFailed,
     WatchingCheck,
 )
-from lmgate.sim._http import SimHTTPConfig, SimHTTPServer
+from lmgate.sim.http._app import SimHTTPConfig, SimHTTPServer
 from lmgate.transports import SchedulingTransport
 
 LLAMA = SimHTTPConfig(kind="llamacpp", models=("tiny",), slots=3, n_ctx=300, trained_ctx=2048)

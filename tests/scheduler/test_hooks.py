@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import lmgate
 from lmgate import EndpointRef, InvalidParameter
-from lmgate._logging import RateLimitedLogger
+from lmgate.observability._logging import RateLimitedLogger
 from lmgate.policies import Fixed
 from lmgate.scheduler import _hooks
 from lmgate.scheduler._hooks import HookedRequest
@@ -95,7 +95,9 @@ async def test_every_outcome_reaches_the_hooks_once() -> None:
     async def boom(lease: lmgate.Lease) -> None:
         raise RuntimeError("call failed")
 
-    sched = lmgate.Scheduler([endpoint("gpu", "m")], limit=Fixed(1), queue_size=2, hooks=[rec])
+    sched = lmgate.Scheduler(
+        [endpoint("gpu", "m")], limit=Fixed(1), queue=lmgate.QueueOptions(size=2), hooks=[rec]
+    )
     async with sched:
         with pytest.raises(lmgate.EndpointUnavailable):
             await sched.run(slow, model="unknown")
@@ -311,7 +313,11 @@ def test_hook_outcomes_always_match_the_counters(
                     await sched.run(call, model="m", priority=priority, timeout=within)
 
         sched = lmgate.Scheduler(
-            [endpoint("gpu", "m")], limit=Fixed(limit), queue_size=queue, grace=0.5, hooks=[rec]
+            [endpoint("gpu", "m")],
+            limit=Fixed(limit),
+            queue=lmgate.QueueOptions(size=queue),
+            grace=0.5,
+            hooks=[rec],
         )
         close = math.inf if close_at is None else close_at
         async with anyio.create_task_group() as tg, sched:

@@ -69,10 +69,10 @@ def test_a_memory_squeeze_sheds_low_priority_first_pauses_and_recovers() -> None
         async with lmgate.Scheduler(
             [s.endpoint() for s in servers.values()],
             limit=Fixed(4),
-            queue_size=64,
-            resources=ResourceGuard(min_hold=5.0),
-            resource_interval=1.0,
-            resource_reader=read,
+            queue=lmgate.QueueOptions(size=64),
+            resources=lmgate.ResourceOptions(
+                guard=ResourceGuard(min_hold=5.0), interval=1.0, reader=read
+            ),
         ) as sched:
             sub = sched.events.subscribe(maxlen=256)
 
@@ -193,8 +193,11 @@ async def squeeze_one_endpoint(readings: Feed) -> None:
 
     ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=("m",))  # no local listener
     async with lmgate.Scheduler(
-        [ep], limit=Fixed(1), resources=ResourceGuard(min_hold=0.0),
-        resource_interval=0.001, resource_reader=readings,
+        [ep],
+        limit=Fixed(1),
+        resources=lmgate.ResourceOptions(
+            guard=ResourceGuard(min_hold=0.0), interval=0.001, reader=readings
+        ),
     ) as sched:  # fmt: skip
         sub = sched.events.subscribe()
         results: dict[str, object] = {}
@@ -243,7 +246,7 @@ class Feed:
     def __init__(self) -> None:
         self._send, self._recv = anyio.create_memory_object_stream[ResourceReadings](1)
         self._send.send_nowait(memory(0.5))
-        self.seen: list[lmgate.Event] = []
+        self.seen: list[lmgate.events.Event] = []
 
     def __enter__(self) -> Feed:
         return self
@@ -255,7 +258,7 @@ class Feed:
     async def __call__(self) -> ResourceReadings:
         return await self._recv.receive()
 
-    async def push(self, readings: ResourceReadings, sub: lmgate.Subscription) -> None:
+    async def push(self, readings: ResourceReadings, sub: lmgate.events.Subscription) -> None:
         """Send one reading and wait until the scheduler has applied its change."""
         await self._send.send(readings)
         while True:
@@ -279,8 +282,10 @@ async def shed_then_calm(readings: Feed) -> list[bool]:
     seen: list[bool] = []
     ep = lmgate.Endpoint("gpu", url="http://10.0.0.1:1", models=("m",))
     async with lmgate.Scheduler(
-        [ep], resources=ResourceGuard(min_hold=0.0), resource_interval=1.0,
-        resource_reader=readings,
+        [ep],
+        resources=lmgate.ResourceOptions(
+            guard=ResourceGuard(min_hold=0.0), interval=1.0, reader=readings
+        ),
     ) as sched:  # fmt: skip
         adm = sched._admission
         sub = sched.events.subscribe()

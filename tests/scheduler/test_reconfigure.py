@@ -9,9 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from lmgate import EndpointUnavailable, InvalidParameter, Lease, Scheduler, Subscription
-from lmgate._config import ConfigApplied, ConfigDiff, ConfigRefused
-from lmgate._events import Event
+from lmgate import EndpointUnavailable, InvalidParameter, Lease, Scheduler
+from lmgate.config import ConfigApplied, ConfigDiff, ConfigRefused
+from lmgate.events import Subscription
+from lmgate.observability._events import Event
 from lmgate.policies import Fixed
 from lmgate.scheduler._reconfigure import EndpointAdded, EndpointRemoved, LimitRebuilt
 

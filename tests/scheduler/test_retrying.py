@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -20,8 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmgate
-from lmgate import InvalidParameter, Lease, Scheduler
-from lmgate.actors._resilience import Resilience
+from lmgate import InvalidParameter, Lease, QueueOptions, Resilience, Scheduler
 from lmgate.policies import Fixed
 from lmgate.policies._retry import Retry
 from lmgate.scheduler._admission import Admission
@@ -72,8 +72,11 @@ def virtual(
     **kwargs: Any,
 ) -> tuple[Any, lmgate.Stats]:
     """Run ``body`` against a scheduler in virtual time; check the books after."""
-    kwargs.setdefault("retry", Retry(base=1.0, jitter=0.0))
-    kwargs.setdefault("resilience", Resilience(seed=0))
+    resilience = kwargs.setdefault("resilience", Resilience(seed=0))
+    if resilience.retry is None:
+        kwargs["resilience"] = msgspec.structs.replace(
+            resilience, retry=Retry(base=1.0, jitter=0.0)
+        )
     kwargs.setdefault("limit", Fixed(4))
     sched = Scheduler(endpoints or [endpoint("a", "m"), endpoint("b", "m")], **kwargs)
     watch = Identity(sched._admission)
@@ -189,7 +192,7 @@ def test_attempts_are_bounded() -> None:
         with pytest.raises(ConnectionRefusedError):
             await sched.run(call, model="m", timeout=60)
 
-    _, stats = virtual(body, retry=Retry(attempts=3, base=0.5, jitter=0.0))
+    _, stats = virtual(body, resilience=Resilience(retry=Retry(attempts=3, base=0.5, jitter=0.0)))
     assert len(call.attempts) == 3
     assert (stats.submitted, stats.outcomes["failed"], stats.retries) == (1, 1, 2)
 
@@ -199,7 +202,9 @@ def test_fallback_down_the_chain() -> None:
     call = Script("refused")
     eps = [endpoint("big", "big"), endpoint("small", "small")]
     result, stats = virtual(
-        lambda s: s.run(call, model="big", timeout=30), eps, fallbacks={"big": ["small"]}
+        lambda s: s.run(call, model="big", timeout=30),
+        eps,
+        resilience=Resilience(fallbacks={"big": ["small"]}),
     )
     assert result == "small"
     assert [(e, m) for _, e, m in call.attempts] == [("big", "big"), ("small", "small")]
@@ -214,7 +219,7 @@ def test_a_model_with_nothing_up_starts_on_its_fallback() -> None:
         sched._admission.slots[0].routing = "down"
         return await sched.run(Script(), model="big", timeout=30)
 
-    result, stats = virtual(body, eps, fallbacks={"big": ["small"]})
+    result, stats = virtual(body, eps, resilience=Resilience(fallbacks={"big": ["small"]}))
     assert result == "small"
     assert (stats.fallbacks, stats.outcomes["unavailable"]) == (1, 0)
 
@@ -240,7 +245,7 @@ def test_closing_ends_a_request_waiting_to_retry() -> None:
             assert sched.stats().queued == 0
             assert sched.stats().outcomes["closed"] == 1
 
-    virtual(body, [endpoint("a", "m")], retry=Retry(base=5.0, jitter=0.0))
+    virtual(body, [endpoint("a", "m")], resilience=Resilience(retry=Retry(base=5.0, jitter=0.0)))
     assert len(got) == 1
     assert len(call.attempts) == 1
 
@@ -253,7 +258,9 @@ def test_cancelling_a_waiting_retry() -> None:
         with anyio.move_on_after(1.0):
             await sched.run(call, model="m", timeout=60)
 
-    _, stats = virtual(body, [endpoint("a", "m")], retry=Retry(base=5.0, jitter=0.0))
+    _, stats = virtual(
+        body, [endpoint("a", "m")], resilience=Resilience(retry=Retry(base=5.0, jitter=0.0))
+    )
     assert stats.outcomes["cancelled"] == 1
     assert len(call.attempts) == 1
 
@@ -266,7 +273,7 @@ def test_no_room_to_wait_means_no_retry() -> None:
         with pytest.raises(ConnectionRefusedError):
             await sched.run(call, model="m", timeout=60)
 
-    _, stats = virtual(body, [endpoint("a", "m")], queue_size=0)
+    _, stats = virtual(body, [endpoint("a", "m")], queue=QueueOptions(size=0))
     assert stats.retries == 0
 
 
@@ -274,12 +281,12 @@ def test_configuration_is_checked() -> None:
     """Unknown fallback models, a wrong retry type and a non-bool idempotent are refused."""
     eps = [endpoint("a", "m")]
     with pytest.raises(InvalidParameter) as info:
-        Scheduler(eps, fallbacks={"m": ["nope"]})
+        Scheduler(eps, resilience=Resilience(fallbacks={"m": ["nope"]}))
     assert info.value.field == "fallbacks"
     with pytest.raises(InvalidParameter):
-        Scheduler(eps, fallbacks={"m": "x"})  # type: ignore[dict-item]
+        Resilience(fallbacks={"m": "x"})  # type: ignore[dict-item]
     with pytest.raises(InvalidParameter):
-        Scheduler(eps, retry=3)  # type: ignore[arg-type]
+        Resilience(retry=3)  # type: ignore[arg-type]
 
     async def body(sched: Scheduler) -> None:
         with pytest.raises(InvalidParameter):
@@ -333,7 +340,12 @@ def test_every_request_ends_once_whatever_its_attempts_do(
                 tg.start_soon(one, script, model, idem, timeout, at)
 
     eps = [endpoint("a", "m"), endpoint("b", "m", "n"), endpoint("c", "n")]
-    _, stats = virtual(body, eps, retry=retry, fallbacks={"m": ["n"]}, limit=Fixed(2))
+    _, stats = virtual(
+        body,
+        eps,
+        resilience=Resilience(retry=retry, fallbacks={"m": ["n"]}),
+        limit=Fixed(2),
+    )
     assert stats.submitted == len(requests) == len(ended)
     assert sum(stats.outcomes.values()) == len(requests)
     for script in scripts:

@@ -21,7 +21,9 @@ from lmgate import (
     InvalidParameter,
     Lease,
     Overloaded,
+    QueueOptions,
     Rejected,
+    Resilience,
     Scheduler,
     SchedulerClosed,
 )
@@ -128,7 +130,7 @@ async def test_acquire_and_release_by_hand() -> None:
 
 async def test_unknown_model_and_full_queue() -> None:
     """An unserved model is EndpointUnavailable; past queue_size it is Rejected."""
-    async with _sched(1, queue_size=1) as sched:
+    async with _sched(1, queue=QueueOptions(size=1)) as sched:
         with pytest.raises(EndpointUnavailable):
             await sched.run(_sleep_forever, model="nobody")
         async with anyio.create_task_group() as tg:
@@ -720,7 +722,9 @@ class TestVirtualTime:
         async def refused(lease: Lease) -> None:
             raise ConnectionResetError("reset")
 
-        async with Scheduler([endpoint("a", "m")], limit=Fixed(4), throttle=None) as sched:
+        async with Scheduler(
+            [endpoint("a", "m")], limit=Fixed(4), resilience=Resilience(throttle=None)
+        ) as sched:
             for _ in range(5):  # learn a warm latency of one second
                 assert await sched.run(ok, model="m") == "ok"
             while sched.stats().endpoints[0].routing != "down":

@@ -30,6 +30,7 @@ from lmgate import (
     EndpointUnavailable,
     Lease,
     Overloaded,
+    QueueOptions,
     Rejected,
     Scheduler,
     SchedulerClosed,
@@ -251,7 +252,9 @@ async def _soak() -> tuple[Scheduler, Watch, Figures, float]:
         servers["slow"].endpoint(limit=Fixed(4)),
         servers["flaky"].endpoint(models=["qwen", "phi"], limit=Fixed(8)),
     ]
-    sched = Scheduler(endpoints, limit=Fixed(8), queue_size=128, resilience=Resilience(seed=5))
+    sched = Scheduler(
+        endpoints, limit=Fixed(8), queue=QueueOptions(size=128), resilience=Resilience(seed=5)
+    )
     figures = Figures()
 
     def snapshot(at: int) -> None:

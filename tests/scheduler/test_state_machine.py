@@ -27,6 +27,7 @@ from lmgate import (
     EndpointUnavailable,
     Lease,
     Overloaded,
+    QueueOptions,
     Rejected,
     Scheduler,
     SchedulerClosed,
@@ -205,9 +206,8 @@ async def _program(data: st.DataObject) -> None:
             endpoint("e2", "m3", health=health),
         ],
         limit=Fixed(1),
-        queue_size=QUEUE_SIZE,
+        queue=QueueOptions(size=QUEUE_SIZE, aging=1.0),
         grace=GRACE,
-        aging=1.0,
     )
     watch = CounterWatch(sched._admission)
     trio.lowlevel.add_instrument(watch)

@@ -26,7 +26,7 @@ from lmgate.actors._resilience import Resilience
 from lmgate.policies import Fixed
 from lmgate.policies._sample import OUTCOME_CLASSES
 from lmgate.policies._throttle import Throttle
-from lmgate.scheduler._admission import EndpointSlot
+from lmgate.scheduler._slot import EndpointSlot
 from lmgate.scheduler._throttling import Throttling
 from lmgate.sim import Dist, SimServer
 
@@ -80,9 +80,7 @@ def drive(
     ended: Counter[str] = Counter()
     log: list[tuple[float, str]] = []
     eps = [endpoint(name) for name in servers]
-    sched = Scheduler(
-        eps, limit=Fixed(limit), throttle=throttle, resilience=Resilience(seed=3, resolve=None)
-    )
+    sched = Scheduler(eps, limit=Fixed(limit), resilience=Resilience(seed=3, throttle=throttle))
 
     async def call(lease: lmgate.Lease) -> None:
         await servers[lease.endpoint.name](lease)
@@ -261,5 +259,5 @@ def test_same_seed_same_refusals() -> None:
 def test_throttle_argument_is_validated() -> None:
     """Anything but a Throttle or None is refused, naming the field."""
     with pytest.raises(InvalidParameter) as info:
-        Scheduler([endpoint()], throttle="on")  # type: ignore[arg-type]
+        Resilience(throttle="on")  # type: ignore[arg-type]
     assert info.value.field == "throttle"

@@ -13,7 +13,7 @@ import pytest
 from lmgate._errors import InvalidParameter
 from lmgate.detect import probe
 from lmgate.detect._probe import _CACHE
-from lmgate.sim._http import HTTP_DIALECTS, SimHTTPConfig, SimHTTPServer, sim_transport
+from lmgate.sim.http._app import HTTP_DIALECTS, SimHTTPConfig, SimHTTPServer, sim_transport
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
 

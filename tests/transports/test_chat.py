@@ -9,7 +9,7 @@ import pytest
 
 from lmgate._endpoint import Endpoint, EndpointRef
 from lmgate._errors import ContextOverflow, InvalidParameter, Overloaded, SchedulerClosed
-from lmgate.sim._http import SimHTTPConfig, sim_transport
+from lmgate.sim.http._app import SimHTTPConfig, sim_transport
 from lmgate.transports import (
     ClientPool,
     ollama_chat,

@@ -11,7 +11,7 @@ import pytest
 
 from lmgate._endpoint import Endpoint
 from lmgate._errors import ContextOverflow, Overloaded
-from lmgate.sim._http import SimHTTPConfig, SimHTTPServer, sim_transport
+from lmgate.sim.http._app import SimHTTPConfig, SimHTTPServer, sim_transport
 from lmgate.transports import SchedulingTransport
 
 from ._standin import StandInScheduler

@@ -18,7 +18,7 @@ from lmgate._errors import (
     Overloaded,
     Rejected,
 )
-from lmgate.sim._http import SimHTTPConfig, sim_transport
+from lmgate.sim.http._app import SimHTTPConfig, sim_transport
 from lmgate.transports import SchedulingTransport
 
 from ._standin import StandInScheduler

@@ -9,7 +9,7 @@ from lmgate import ContextOverflow, Endpoint, Scheduler
 from lmgate.actors._resilience import Resilience
 from lmgate.detect._probe import _CACHE
 from lmgate.policies import Fixed
-from lmgate.sim._http import SimHTTPConfig, SimHTTPServer
+from lmgate.sim.http._app import SimHTTPConfig, SimHTTPServer
 from lmgate.transports import SchedulingTransport
 
 URL = "http://lmgate.invalid/v1/chat/completions"
