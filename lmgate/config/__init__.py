@@ -2,16 +2,18 @@
 
 One import for everything configuration, kept in modules of one idea each:
 
-- ``_config_schema.py``: the sections, frozen msgspec Structs that refuse
+- ``_schema.py``: the sections, frozen msgspec Structs that refuse
   unknown keys and bad values with the key's path;
-- ``_config_load.py``: reading and merging the sources, in that precedence,
+- ``_load.py``: reading and merging the sources, in that precedence,
   and writing a config back atomically;
-- ``_config_watch.py``: drift -- the file or env changed under a running
+- ``_watch.py``: drift -- the file or env changed under a running
   scheduler -- detected by hash and applied whole or refused whole;
-- ``_toml.py``: the TOML writer and the atomic file write.
+- ``_toml.py``: TOML writing (``tomli-w``) and the atomic file write.
 
 API keys are never configuration: an endpoint names the env var that
-holds its key (``api_key_env``).
+holds its key (``api_key_env``).  Imports ``Endpoint``, policies, context,
+security and observability; the scheduler applies a config, never the
+reverse.
 """
 
 from lmgate.config._load import (

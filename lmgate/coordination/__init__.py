@@ -1,5 +1,8 @@
 """Many processes, one limit: schedulers coordinated through Redis.
 
+It plugs into the scheduler through the ``Coordinator`` protocol, so it
+sits above the scheduler and imports it; nothing below imports this.
+
 Per-process limits multiply: N workers each allowed 8 requests send 8N to
 the one GPU server they share.  Give each process's scheduler a
 coordinator and the processes that name an endpoint alike share it::

@@ -4,7 +4,10 @@
 ``probe(url)`` asks the server through its documented routes what it is,
 which models it serves with which context windows and how many slots it
 has; the fingerprint rules decide from the combination of signals whether
-it is a self-hosted model server or a cloud API.
+it is a self-hosted model server or a cloud API.  ``learn`` applies a probe
+to any endpoint-shaped value (``lmgate.Endpoint.discover`` builds one).
+Imports only lmgate's errors: it knows servers, not the endpoint type or
+anything above it.
 """
 
 from lmgate.detect._cache import ProbeCache, ProbeCacheStatistics

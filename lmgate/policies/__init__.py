@@ -1,8 +1,11 @@
-"""Sans-IO policies: limits, hysteresis, throttling, breakers, retries, context.
+"""Sans-IO policies: limits, hysteresis, throttling, breakers, retries, resources.
 
 Every policy here is a frozen config plus a state machine fed observations
-and an explicit ``now``; none sleeps, reads a clock or does I/O, and nothing
-here imports from the actors or the scheduler.
+and an explicit ``now``; none sleeps, reads a clock or does I/O.  It may
+import lmgate's errors, validation helpers, observability events and
+:mod:`lmgate.context` (whose strategies it re-exports), and nothing from
+detect, transports, actors or the scheduler: a test in ``tests/test_layers.py``
+keeps it so.
 """
 
 from lmgate.context._fit import (

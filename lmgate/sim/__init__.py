@@ -3,8 +3,12 @@
 ``SimServer`` is an in-process continuous-batching server that plugs in as
 the ``call`` of ``Scheduler.run()``; faults can be injected by method or by a
 ``FaultSchedule``; scenario files describe whole situations (servers, load,
-timed events) and ``run_load`` generates their traffic.  Everything reads
-time through anyio only, so it all runs in virtual time.
+timed events) and ``run_load`` generates their traffic; ``lmgate.sim.http``
+serves the same engine over HTTP in each server's dialect.  Everything
+reads time through anyio only, so it all runs in virtual time.  Imports
+``Endpoint``, policies and below; never actors, transports or the
+scheduler (the benchmark harness that drives a scheduler over these is
+:mod:`lmgate.bench`).
 """
 
 from lmgate.sim._config import SimConfig, SimKVOverflow, SimResult, SimStatistics

@@ -5,7 +5,8 @@
 keeps one bounded client per endpoint; ``openai_chat`` / ``openai_stream``
 and ``ollama_chat`` / ``ollama_stream`` are the chat calls for code that
 lets lmgate speak the protocol; ``error_from_response`` maps each server's
-errors onto lmgate's.
+errors onto lmgate's.  Imports ``Endpoint``, detect, context, policies and
+security; it sees the scheduler only through the ``LeaseSource`` protocol.
 """
 
 from lmgate.transports._errors import error_from_response, error_message, parse_retry_after
