@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import anyio
 
-__all__ = ["backend_clock", "running_backend"]
+__all__ = ["backend_clock", "current_task", "running_backend", "task_ended"]
 
 
 def running_backend() -> str | None:
@@ -36,3 +37,23 @@ def backend_clock() -> Callable[[], float]:
     import asyncio
 
     return asyncio.get_running_loop().time
+
+
+def current_task() -> object:
+    """The running task itself (asyncio's ``Task`` or trio's), to compare by identity."""
+    if running_backend() == "trio":
+        import trio
+
+        return trio.lowlevel.current_task()
+    import asyncio
+
+    return asyncio.current_task()
+
+
+def task_ended(task: object) -> bool:
+    """Whether ``task`` (from :func:`current_task`) has returned, failed or been cancelled."""
+    done = getattr(task, "done", None)
+    if done is not None:  # asyncio.Task
+        return bool(done())
+    coro = getattr(task, "coro", None)  # trio.lowlevel.Task: its coroutine is closed at the end
+    return coro is not None and inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED

@@ -54,7 +54,18 @@ class DeadlineExceeded(LmgateError, TimeoutError):
 
 @final
 class EndpointUnavailable(LmgateError):
-    """No endpoint that serves the model can take the request now."""
+    """No endpoint that serves the model can take the request now.
+
+    ``reason`` is ``"unknown_model"`` when no endpoint serves it at all
+    (``models`` then lists those that are served), else ``"down"``.
+    """
+
+    def __init__(
+        self, message: str = "", *, reason: str = "down", models: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.models = models
 
 
 @final

@@ -12,7 +12,10 @@ from typing import Any
 
 from lmgate._errors import InvalidParameter
 
-__all__ = ["check_float", "check_int"]
+__all__ = ["MAX_PRIORITY", "check_float", "check_int", "check_label", "check_priority"]
+
+#: Priorities run from -MAX_PRIORITY (most urgent) to MAX_PRIORITY.
+MAX_PRIORITY = 1_000_000
 
 
 def check_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:
@@ -42,3 +45,25 @@ def check_float(
     if (v <= low if low_open else v < low) or (high is not None and v > high):
         raise InvalidParameter(f"{name} out of range: {v}", field=name)
     return v
+
+
+def check_priority(priority: object, name: str = "priority") -> int:
+    """A request priority: a plain int (an ``IntEnum`` level counts as its value)."""
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        value = int.__index__(priority)
+        if -MAX_PRIORITY <= value <= MAX_PRIORITY:
+            return value
+    raise InvalidParameter(
+        f"{name} must be an int in [-{MAX_PRIORITY}, {MAX_PRIORITY}]", field=name
+    )
+
+
+def check_label(name: str, value: object, *, limit: int = 256) -> str:
+    """A short identifier (a session, a tenant): printable, no NUL or line breaks."""
+    if not isinstance(value, str) or not value:
+        raise InvalidParameter(f"{name} must be a non-empty string", field=name)
+    if len(value) > limit:
+        raise InvalidParameter(f"{name} is longer than {limit} characters", field=name)
+    if any(c in value for c in "\x00\r\n"):
+        raise InvalidParameter(f"{name} must not hold NUL or line breaks", field=name)
+    return value

@@ -11,7 +11,7 @@ observability; never the scheduler, coordination or sim.
 
 from lmgate._endpoint import ProbeReport
 from lmgate.actors._endpoint import EndpointActor, EndpointActorStatistics
-from lmgate.actors._resilience import Resilience, Resolver, WarmUp
+from lmgate.actors._resilience import Resilience, Resolver, WarmUp, default_resolve
 from lmgate.actors._resources import (
     PsutilReader,
     ResourceRecommendationChanged,
@@ -27,5 +27,6 @@ __all__ = [
     "Resolver",
     "ResourceRecommendationChanged",
     "WarmUp",
+    "default_resolve",
     "run_resource_sampler",
 ]

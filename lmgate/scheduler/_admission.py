@@ -13,12 +13,13 @@ runs in the controller actor (``AdmissionController``) that owns it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol, final
 
 import anyio
 import msgspec
 
+from lmgate._backend import task_ended
 from lmgate._errors import (
     ContextOverflow,
     DeadlineExceeded,
@@ -138,15 +139,16 @@ class Admission:
             return self.watch.submit(
                 model, priority, deadline, now, exclude, count, request, min_window=min_window
             )
+        slots = self.by_model.get(model)
+        if slots is None and not self.closed:
+            # Bad input, not a request: refused before anything is counted.
+            raise self.unknown_model(model)
         if count:
             self.submitted += 1
         if self.closed:
             self.outcomes["closed"] += 1
             raise SchedulerClosed("the scheduler is closed")
-        slots = self.by_model.get(model)
-        if slots is None:
-            self.outcomes["unavailable"] += 1
-            raise EndpointUnavailable(f"no endpoint serves model {model!r}")
+        assert slots is not None
         if not self.queue.waiting(model):
             throttling = self.throttling
             refusals = throttling.refusals if throttling is not None else 0
@@ -184,6 +186,16 @@ class Admission:
                 if s.has_room():
                     self._hand_over(s, now)
         return waiter
+
+    def unknown_model(self, model: str) -> EndpointUnavailable:
+        """The refusal of a model no endpoint serves, naming those that are served."""
+        served = tuple(sorted(self.by_model))
+        shown = ", ".join(repr(m) for m in served[:20]) + (", ..." if len(served) > 20 else "")
+        return EndpointUnavailable(
+            f"no endpoint serves model {model[:200]!r}; served: {shown}",
+            reason="unknown_model",
+            models=served,
+        )
 
     def predicted_wait(self, model: str, priority: int) -> float:
         """Expected time until a new queued request is done, from observed service times.
@@ -260,6 +272,7 @@ class Admission:
             elif isinstance(error, ContextOverflow) and error.before_send:
                 # The prompt fit no window: refused by lmgate, nothing sent.
                 result = "rejected"
+        lease._result = result
         if count:
             self.outcomes[result] += 1
         duration = now - lease.granted_at
@@ -307,6 +320,47 @@ class Admission:
             self._drained.set()
 
     # -- controller side --------------------------------------------------------------
+
+    def overdue(self, now: float) -> list[tuple[Lease, str]]:
+        """Leases the scheduler must take back itself, with why.
+
+        Only leases no cancel scope guards (``acquire()``d ones, response
+        streams): past their deadline; or handed-out work whose owner task
+        ended after reading from it; or unread past its idle bound.  A
+        ``run()`` or ``lease()`` block keeps its own deadline.
+        """
+        out: list[tuple[Lease, str]] = []
+        for lease in self.live:
+            if lease._scope is not None:
+                continue
+            if now >= lease.deadline:
+                out.append((lease, "deadline"))
+                continue
+            ref = lease._watch
+            watch = ref() if ref is not None else None
+            if watch is None:
+                continue
+            if watch.owner_read and watch.owner is not None and task_ended(watch.owner):
+                out.append((lease, "owner_gone"))
+            elif now >= watch.idle_at:
+                out.append((lease, "idle"))
+        return out
+
+    def reclaim(self, lease: Lease, reason: str) -> Callable[[], Awaitable[None]] | None:
+        """Take ``lease`` back for ``reason``; return the closing of its work, if any."""
+        if lease._released:
+            return None
+        ref = lease._watch
+        watch = ref() if ref is not None else None
+        if watch is not None:
+            # The work knows how to stop (close its response); it may also
+            # decline for now (a read already waiting on its own deadline).
+            return watch.reclaim(reason)
+        if reason == "deadline":
+            self.finish(lease, None, outcome="timeout", result="deadline_exceeded")
+        else:
+            self.finish(lease, None, outcome="cancelled", result="cancelled")
+        return None
 
     def set_limit(self, index: int, limit: int, now: float) -> None:
         self.slots[index].limit = max(1, limit)

@@ -9,6 +9,8 @@ close -- calls it, and no path can block in it, so a slot cannot leak.
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, final
 
 import anyio
@@ -20,7 +22,7 @@ from lmgate.policies._sample import OutcomeClass
 from lmgate.scheduler._hooks import HookedRequest
 from lmgate.scheduler._slot import EndpointSlot
 
-__all__ = ["EventLike", "Lease", "Releaser", "ScopeLike", "Waiter"]
+__all__ = ["EventLike", "Lease", "Reclaimable", "Releaser", "ScopeLike", "Waiter"]
 
 
 class Releaser(Protocol):
@@ -45,6 +47,26 @@ class ScopeLike(Protocol):
     def __enter__(self) -> Any: ...
 
     def __exit__(self, *exc: Any) -> bool | None: ...
+
+
+class Reclaimable(Protocol):
+    """Work the scheduler can take back by itself (a response stream handed to a caller).
+
+    The admission controller sweeps the leases nobody scopes: past its
+    deadline, after its ``owner`` task has ended (once that task has read
+    from it), or unread past ``idle_at``, it calls :meth:`reclaim`, which
+    releases the lease at once and returns the closing to await (the
+    response, so the server stops too), or None.
+    """
+
+    @property
+    def owner(self) -> object: ...
+    @property
+    def owner_read(self) -> bool: ...
+    @property
+    def idle_at(self) -> float: ...
+
+    def reclaim(self, reason: str) -> Callable[[], Awaitable[None]] | None: ...
 
 
 class EventLike(Protocol):
@@ -73,10 +95,12 @@ class Lease:
         "_prompt_tokens",
         "_released",
         "_request",
+        "_result",
         "_revoked",
         "_scope",
         "_slot",
         "_ttft",
+        "_watch",
         "deadline",
         "endpoint",
         "fitted",
@@ -113,6 +137,11 @@ class Lease:
         self._ttft: float | None = None
         self._prompt_tokens: int | None = None
         self._output_tokens: int | None = None
+        #: Set by whoever hands the lease's work to other code (a transport's
+        #: response stream): a weak reference to how the controller reclaims
+        #: it (``Reclaimable``), so the work can still be garbage-collected.
+        self._watch: weakref.ref[Reclaimable] | None = None
+        self._result: str | None = None
         #: The request's hook handles (``_hooks.HookedRequest``), if hooks run.
         self._request: HookedRequest | None = None
         #: With ``messages=``: the prompt fitted to this endpoint's window, and
@@ -150,6 +179,15 @@ class Lease:
     @property
     def released(self) -> bool:
         return self._released
+
+    @property
+    def outcome(self) -> str | None:
+        """How the request ended (``completed``, ``deadline_exceeded``, ...), once released.
+
+        Useful after an ``acquire()``d lease was taken back by the scheduler
+        itself (its deadline passed, or its stream was abandoned).
+        """
+        return self._result
 
     def release(
         self, error: BaseException | None = None, *, outcome: OutcomeClass | None = None

@@ -8,6 +8,7 @@ releases the slot exactly once, with the outcome that path means.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import Token
 from types import TracebackType
 from typing import Any, Protocol, final
 
@@ -15,7 +16,7 @@ from lmgate._errors import InvalidParameter
 from lmgate.context._messages import Message
 from lmgate.scheduler._admission import Admission
 from lmgate.scheduler._lease import Lease, ScopeLike
-from lmgate.scheduler._request_path import after_error, interrupted
+from lmgate.scheduler._request_path import CALLING, after_error, interrupted
 
 __all__ = ["LeaseContext"]
 
@@ -43,7 +44,16 @@ class _Holder(Protocol):
 class LeaseContext:
     """What ``Scheduler.lease()`` returns: the async context holding a lease."""
 
-    __slots__ = ("_lease", "_max_tokens", "_messages", "_model", "_priority", "_sched", "_timeout")
+    __slots__ = (
+        "_lease",
+        "_max_tokens",
+        "_messages",
+        "_model",
+        "_priority",
+        "_sched",
+        "_timeout",
+        "_token",
+    )
 
     def __init__(
         self,
@@ -61,6 +71,7 @@ class LeaseContext:
         self._messages = messages
         self._max_tokens = max_tokens
         self._lease: Lease | None = None
+        self._token: Token[object] | None = None
 
     async def __aenter__(self) -> Lease:
         if self._lease is not None:
@@ -76,6 +87,7 @@ class LeaseContext:
         lease._scope = scope
         scope.__enter__()
         self._lease = lease
+        self._token = CALLING.set(self._sched)
         return lease
 
     async def __aexit__(
@@ -88,6 +100,9 @@ class LeaseContext:
         assert lease is not None
         assert lease._scope is not None
         scope = lease._scope
+        if self._token is not None:
+            CALLING.reset(self._token)
+            self._token = None
         swallowed = scope.__exit__(exc_type, exc, tb)
         sched = self._sched
         if exc is None or swallowed:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import anyio
@@ -27,7 +28,25 @@ from lmgate.scheduler._coordinator import Coordinator
 from lmgate.scheduler._core import SchedulerInternals
 from lmgate.scheduler._lease import Lease, ScopeLike, Waiter
 
-__all__ = ["after_error", "coordinate", "interrupted", "run_call", "wait_granted"]
+__all__ = [
+    "CALLING",
+    "after_error",
+    "coordinate",
+    "in_call",
+    "interrupted",
+    "run_call",
+    "wait_granted",
+]
+
+#: The scheduler whose call (or lease block) the current task is inside, if
+#: any: closing it from there would tear the call's own cancel scope apart.
+CALLING: ContextVar[object] = ContextVar("lmgate_calling", default=None)
+
+
+def in_call(sched: object) -> bool:
+    """Whether the current task is inside one of ``sched``'s calls."""
+    return CALLING.get() is sched
+
 
 T = TypeVar("T")
 
@@ -149,7 +168,11 @@ async def run_call(
             lease._scope = scope
             if req is not None:
                 await s._context.fit(lease, req)
-            result = await call(lease)
+            token = CALLING.set(s)
+            try:
+                result = await call(lease)
+            finally:
+                CALLING.reset(token)
     except BaseException as exc:
         if waiter is not None and (lease is None or lease._scope is None):
             s._admission.leave(waiter, "cancelled")

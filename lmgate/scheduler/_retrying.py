@@ -41,7 +41,7 @@ from lmgate.policies._retry import Retry, choose_larger_window, plan_fallbacks
 from lmgate.scheduler._core import SchedulerInternals, largest_windows
 from lmgate.scheduler._lease import Lease, Waiter
 from lmgate.scheduler._outcomes import classification_of
-from lmgate.scheduler._request_path import after_error, coordinate, interrupted
+from lmgate.scheduler._request_path import CALLING, after_error, coordinate, interrupted
 
 __all__ = ["Retrying"]
 
@@ -151,7 +151,11 @@ class Retrying:
                     if sched._coordinator is not None:
                         await coordinate(self._adm, sched._coordinator, lease)
                     lease._scope = scope
-                    result = await call(lease)
+                    token = CALLING.set(sched)
+                    try:
+                        result = await call(lease)
+                    finally:
+                        CALLING.reset(token)
             except BaseException as exc:
                 if lease is None or lease._scope is None:
                     if waiter is not None:

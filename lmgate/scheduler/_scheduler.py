@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
+from lmgate._backend import current_task
 from lmgate._endpoint import Endpoint
 from lmgate._errors import (
     InvalidParameter,
@@ -55,7 +56,7 @@ from lmgate.scheduler._lease_context import LeaseContext
 from lmgate.scheduler._options import QueueOptions, ResourceOptions, split_legacy
 from lmgate.scheduler._pressure import Resources
 from lmgate.scheduler._reconfigure import Reconfigurer, from_config
-from lmgate.scheduler._request_path import coordinate, run_call, wait_granted
+from lmgate.scheduler._request_path import coordinate, in_call, run_call, wait_granted
 from lmgate.scheduler._retrying import Retrying
 from lmgate.scheduler._slot import EndpointSlot
 from lmgate.scheduler._stats import Stats, snapshot
@@ -162,6 +163,8 @@ class Scheduler:
         self._tg: anyio.abc.TaskGroup | None = None
         self._running = False
         self._entered = False
+        self._exited = False
+        self._host: object = None
         self._new_scope: Callable[..., ScopeLike] = anyio.CancelScope
         self._resilience = resilience
         self._retrying = self._retrying_of(resilience)
@@ -270,6 +273,7 @@ class Scheduler:
                 raise
             raise
         self._running = True
+        self._host = current_task()
         return self
 
     async def __aexit__(
@@ -278,6 +282,19 @@ class Scheduler:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        if self._tg is None:
+            raise SchedulerClosed("this Scheduler was never entered (use `async with`)")
+        if self._exited:
+            return None  # closed already: leaving again changes nothing
+        if in_call(self) or current_task() is not self._host:
+            # Exiting the actors' task group from anywhere but the task that
+            # entered it, outside every call's cancel scope, would tear those
+            # scopes apart; refuse, and change nothing.
+            raise SchedulerClosed(
+                "a Scheduler closes when its `async with` block is left, in the task that"
+                " entered it; it cannot be closed from inside one of its calls or another task"
+            )
+        self._exited = True
         await self._shutdown()
         if self._clients is not None:
             with anyio.CancelScope(shield=True):

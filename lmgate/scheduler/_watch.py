@@ -89,6 +89,8 @@ class Watch:
         ``options`` are the rest of ``Admission.submit``'s keywords, passed on.
         """
         adm = self._adm
+        if model not in adm.by_model and not adm.closed:
+            raise adm.unknown_model(model)  # bad input: no request, so no hooks
         if request is None and count and self.hooks:
             request = HookedRequest(self.hooks, model, priority, now)
         cutoff = adm.shed_above

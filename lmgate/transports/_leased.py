@@ -1,26 +1,40 @@
 """The response body a scheduling transport hands back, holding the lease.
 
-Reading it to the end, closing it, or losing it to the garbage collector
-releases the lease exactly once; the first body chunk is the time to first
-token, and the usage the server reports (in the JSON body or the last
-stream event) goes back to the scheduler and calibrates the endpoint's
-token estimate.  Each read is bounded by the request's deadline.
+Reading it to the end or closing it releases the lease exactly once; the
+first body chunk is the time to first token, and the usage the server
+reports (in the JSON body or the last stream event) goes back to the
+scheduler and calibrates the endpoint's token estimate.  Each read is
+bounded by the request's deadline.
+
+The scheduler owns the lease even while the caller holds the stream: the
+admission controller reclaims it (``reclaim``) when its deadline passes,
+when the task that last read from it has ended -- cancelled inside
+``async for chunk in stream:`` with nobody closing the stream, say -- or
+when nobody has read from it for ``stream_idle`` seconds.  Reclaiming frees
+the slot at once and closes the response, so the server stops generating.
+The garbage collector is only the last resort, and logs a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Protocol
+import logging
+import math
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import anyio
 import httpx
 
+from lmgate._backend import current_task
 from lmgate._endpoint import EndpointRef
-from lmgate._errors import DeadlineExceeded
+from lmgate._errors import DeadlineExceeded, LmgateError
 from lmgate.detect._tokens import TokenEstimator
 from lmgate.policies._sample import OutcomeClass
 from lmgate.transports._usage import UsageSniffer
+
+_log = logging.getLogger("lmgate.transports")
 
 
 class LeaseLike(Protocol):
@@ -28,6 +42,7 @@ class LeaseLike(Protocol):
 
     endpoint: EndpointRef
     deadline: float
+    _watch: Any
 
     def report(
         self,
@@ -50,7 +65,11 @@ class StreamOwner(Protocol):
     def estimator(self, endpoint: str) -> TokenEstimator: ...
 
 
-__all__ = ["LeaseLike", "LeasedStream", "StreamOwner"]
+__all__ = ["LeaseLike", "LeasedStream", "StreamOwner", "StreamReclaimed"]
+
+
+class StreamReclaimed(LmgateError):
+    """The scheduler took the stream's slot back (its task ended, or nobody read it)."""
 
 
 class LeasedStream(httpx.AsyncByteStream):
@@ -64,6 +83,8 @@ class LeasedStream(httpx.AsyncByteStream):
         start: float,
         sniffer: UsageSniffer,
         prompt_chars: int | None,
+        *,
+        idle: float | None = None,
     ) -> None:
         self._owner = owner
         self._response = response
@@ -74,23 +95,45 @@ class LeasedStream(httpx.AsyncByteStream):
         self._first = True
         self._done = False
         self._released = False
+        self._reclaimed: str | None = None
+        self._reading = False
         self._it: AsyncIterator[bytes] | None = None
+        self._idle = idle
+        #: The task that opened the stream, then the last one to read from it.
+        self.owner: object = current_task()
+        self.owner_read = False
+        self.idle_at = math.inf if idle is None else anyio.current_time() + idle
+        lease._watch = weakref.ref(self)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._reclaimed is not None:
+            raise self._reclaim_error()
         if self._it is None:
             self._it = self._response.stream.__aiter__()  # type: ignore[union-attr]
+        self.owner = current_task()
+        self.owner_read = True
+        self._reading = True
         try:
             with anyio.move_on_at(self._lease.deadline) as scope:
                 chunk: bytes = await self._it.__anext__()
         except StopAsyncIteration:
             self._done = True
             raise
-        except BaseException as exc:
+        except anyio.get_cancelled_exc_class():
+            self._finish(None)
+            raise
+        except Exception as exc:
+            if self._reclaimed is not None:
+                raise self._reclaim_error() from exc
             self._finish(exc)
             raise
+        finally:
+            self._reading = False
+            if self._idle is not None:
+                self.idle_at = anyio.current_time() + self._idle
         if scope.cancelled_caught:
             name = self._lease.endpoint.name
             err = DeadlineExceeded(f"deadline passed while reading from {name}")
@@ -105,13 +148,43 @@ class LeasedStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         try:
-            it, self._it = self._it, None
-            closer = getattr(it, "aclose", None)
-            if closer is not None:
-                await closer()
-            await self._response.aclose()
+            await self._close_response()
         finally:
             self._finish(None)
+
+    async def _close_response(self) -> None:
+        it, self._it = self._it, None
+        closer = getattr(it, "aclose", None)
+        if closer is not None:
+            await closer()
+        await self._response.aclose()
+
+    def reclaim(self, reason: str) -> Callable[[], Awaitable[None]] | None:
+        """The scheduler takes the slot back now; returns the response's closing.
+
+        A deadline reached while a read is waiting on the server is left to
+        that read (its own deadline fires at the same instant).
+        """
+        if self._released:
+            return None
+        if reason == "deadline" and self._reading:
+            return None
+        self._reclaimed = reason
+        if reason == "deadline":
+            self._finish(self._reclaim_error())
+        else:
+            self._finish(None)
+        return self._close_response
+
+    def _reclaim_error(self) -> LmgateError:
+        name = self._lease.endpoint.name
+        if self._reclaimed == "deadline":
+            return DeadlineExceeded(f"deadline passed with the stream from {name} still open")
+        if self._reclaimed == "idle":
+            return StreamReclaimed(
+                f"the stream from {name} was not read for {self._idle} s: its slot was reclaimed"
+            )
+        return StreamReclaimed(f"the stream from {name} outlived its task: its slot was reclaimed")
 
     def _finish(self, error: BaseException | None) -> None:
         if self._released:
@@ -133,7 +206,11 @@ class LeasedStream(httpx.AsyncByteStream):
         self._lease.release(None)
 
     def __del__(self) -> None:
-        # A body nobody closed must not hold its slot forever.
+        # The last resort: the scheduler reclaims abandoned streams itself.
         if not self._released:
             with contextlib.suppress(Exception):
+                _log.warning(
+                    "a response stream from %s was garbage-collected unclosed; releasing its slot",
+                    self._lease.endpoint.name,
+                )
                 self._finish(None)

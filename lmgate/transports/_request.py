@@ -21,11 +21,14 @@ from lmgate._endpoint import Endpoint
 from lmgate._errors import (
     ContextOverflow,
     DeadlineExceeded,
+    EndpointUnavailable,
     InvalidParameter,
     LmgateError,
     Rejected,
+    SchedulerClosed,
 )
 from lmgate.context._messages import Message, to_messages
+from lmgate.transports._options import RequestOptions, current_options, options_of
 
 __all__ = [
     "chat_prompt",
@@ -45,42 +48,91 @@ class _HasDeadline(Protocol):
 
 
 def json_object(request: httpx.Request, body: bytes) -> dict[str, Any] | None:
+    """The request's JSON object body; None for a body that is not JSON.
+
+    A body that says it is JSON and is not -- malformed, nested absurdly
+    deep, or not an object -- is refused here, before any lease is taken.
+    """
     if not body or "json" not in request.headers.get("content-type", "json"):
         return None
     try:
         obj = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidParameter(
+            f"request body is not valid JSON: {exc}"[:200], field="body"
+        ) from None
+    if not isinstance(obj, dict):
+        raise InvalidParameter("the JSON body must be an object", field="body")
+    check_body(obj)
+    return obj
 
 
-def params(
-    request: httpx.Request, payload: Mapping[str, Any] | None
-) -> tuple[str, int, float | None]:
+def check_body(payload: Mapping[str, Any]) -> None:
+    """Refuse the fields lmgate reads when they have the wrong shape."""
+    messages = payload.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise InvalidParameter("messages must be a list of messages", field="messages")
+    if isinstance(messages, list):
+        for m in messages:
+            if not isinstance(m, dict):
+                raise InvalidParameter("each message must be an object", field="messages")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = payload.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 100_000_000:
+            raise InvalidParameter(
+                f"{name} must be a positive integer, got {str(value)[:40]!r}", field=name
+            )
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidParameter("stream must be a bool", field="stream")
+
+
+def params(request: httpx.Request, payload: Mapping[str, Any] | None) -> tuple[str, RequestOptions]:
+    """The model and the scheduling options of one request.
+
+    Options come, first source first: the ``lmgate.options`` extension, the
+    ``lmgate.priority`` / ``lmgate.timeout`` extensions, the innermost
+    ``lmgate.request_options`` block, then the ``X-Lmgate-Priority`` /
+    ``X-Lmgate-Timeout`` headers.
+    """
     ext = request.extensions
     model = payload.get("model") if payload is not None else None
-    if not isinstance(model, str) or not model:
+    if model is not None and not isinstance(model, str):
+        raise InvalidParameter("model must be a string", field="model")
+    if not model:
         model = ext.get("lmgate.model") or request.headers.get("x-lmgate-model")
     if not isinstance(model, str) or not model:
         raise InvalidParameter(
             "request has no model: put it in the JSON body or the X-Lmgate-Model header",
             field="model",
         )
-    raw_p = ext.get("lmgate.priority", request.headers.get("x-lmgate-priority"))
-    raw_t = ext.get("lmgate.timeout", request.headers.get("x-lmgate-timeout"))
-    try:
-        priority = 0 if raw_p is None else int(raw_p)
-    except (TypeError, ValueError):
-        raise InvalidParameter(f"bad priority {str(raw_p)[:40]!r}", field="priority") from None
+    opts = options_of(ext.get("lmgate.options"))
+    legacy = _parsed(ext.get("lmgate.priority"), ext.get("lmgate.timeout"))
+    headers = _parsed(
+        request.headers.get("x-lmgate-priority"), request.headers.get("x-lmgate-timeout")
+    )
+    merged = legacy.over(current_options()).over(headers)
+    return model, merged if opts is None else opts.over(merged)
+
+
+def _parsed(raw_p: object, raw_t: object) -> RequestOptions:
+    priority: int | None = None
+    if raw_p is not None:
+        try:
+            priority = int(raw_p)  # type: ignore[call-overload]
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidParameter(f"bad priority {str(raw_p)[:40]!r}", field="priority") from None
     timeout: float | None = None
     if raw_t is not None:
         try:
-            timeout = float(raw_t)
-        except (TypeError, ValueError):
+            timeout = float(raw_t)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
             raise InvalidParameter(f"bad timeout {str(raw_t)[:40]!r}", field="timeout") from None
         if not (0.0 <= timeout < math.inf):
             raise InvalidParameter("timeout must be finite and >= 0", field="timeout")
-    return model, priority, timeout
+    return RequestOptions(priority=priority, timeout=timeout)
 
 
 def prompt_chars(payload: Mapping[str, Any] | None) -> int | None:
@@ -157,36 +209,59 @@ def timeouts(request: httpx.Request, ep: Endpoint | None, lease: _HasDeadline) -
     return out
 
 
-async def read_bounded(response: httpx.Response) -> bytes:
+async def read_bounded(response: httpx.Response, deadline: float = math.inf) -> bytes:
+    """An (error) body read under the request's deadline and cut at 1 MiB.
+
+    A body that trickles past the deadline raises ``DeadlineExceeded``;
+    past the cap the rest is not read at all.
+    """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        if size < _MAX_ERROR_BODY:
+    with anyio.move_on_at(deadline) as scope:
+        async for chunk in response.aiter_bytes():
             chunks.append(chunk[: _MAX_ERROR_BODY - size])
-        size += len(chunk)
+            size += len(chunks[-1])
+            if size >= _MAX_ERROR_BODY:
+                break
+    if scope.cancelled_caught:
+        raise DeadlineExceeded("deadline passed while reading the error body")
     return b"".join(chunks)
 
 
+#: What each refusal becomes in SDK-native mode: HTTP status, OpenAI error
+#: type, and the outcome name in ``x-lmgate-outcome``.
+_REFUSALS: tuple[tuple[type[LmgateError], int, str, str], ...] = (
+    (ContextOverflow, 400, "invalid_request_error", "rejected"),
+    (InvalidParameter, 400, "invalid_request_error", "invalid"),
+    (Rejected, 429, "rate_limit_exceeded", "rejected"),
+    (DeadlineExceeded, 504, "timeout", "deadline_exceeded"),
+    (SchedulerClosed, 503, "service_unavailable", "closed"),
+    (EndpointUnavailable, 503, "service_unavailable", "unavailable"),
+)
+
+
 def refusal(exc: LmgateError) -> httpx.Response:
+    """lmgate's refusal as the OpenAI-shaped error response an SDK raises as its own.
+
+    ``x-should-retry: false`` tells the openai SDK (and those modelled on
+    it) not to retry lmgate's own decision; ``x-lmgate-outcome`` names it.
+    The lmgate error rides on the response as the ``lmgate.error`` extension.
+    """
+    status, kind, outcome = 500, "api_error", "failed"
+    for cls, s, k, o in _REFUSALS:
+        if isinstance(exc, cls):
+            status, kind, outcome = s, k, o
+            break
+    code = getattr(exc, "reason", None)
+    param: str | None = getattr(exc, "field", None)
     if isinstance(exc, ContextOverflow):
-        # What the servers themselves say, so SDKs raise their usual error.
-        overflow = {
-            "error": {
-                "message": str(exc),
-                "type": "invalid_request_error",
-                "param": "messages",
-                "code": "context_length_exceeded",
-            }
-        }
-        return httpx.Response(
-            400, json=overflow, headers={"x-lmgate-error": "lmgate_context_overflow"}
-        )
-    if isinstance(exc, Rejected):
-        status, kind, headers = 429, "lmgate_rejected", {"retry-after": "1"}
-    elif isinstance(exc, DeadlineExceeded):
-        status, kind, headers = 504, "lmgate_deadline_exceeded", {}
-    else:
-        status, kind, headers = 503, "lmgate_unavailable", {}
-    reason = getattr(exc, "reason", None)
-    body = {"error": {"message": str(exc), "type": kind, "param": None, "code": reason}}
-    return httpx.Response(status, json=body, headers={**headers, "x-lmgate-error": kind})
+        code, param = "context_length_exceeded", "messages"
+    elif isinstance(exc, EndpointUnavailable) and exc.reason == "unknown_model":
+        status, code, param = 404, "model_not_found", "model"
+    body = {"error": {"message": str(exc), "type": kind, "param": param, "code": code}}
+    headers = {
+        "x-should-retry": "false",
+        "x-lmgate-outcome": outcome,
+        "x-lmgate-error": type(exc).__name__,
+    }
+    return httpx.Response(status, json=body, headers=headers, extensions={"lmgate.error": exc})

@@ -35,6 +35,7 @@ from lmgate._errors import (
     Rejected,
     SchedulerClosed,
 )
+from lmgate._validate import check_float
 from lmgate.context._messages import Message
 from lmgate.detect._learn import endpoint_key
 from lmgate.detect._locality import classify_url
@@ -137,6 +138,7 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         raise_errors: bool = False,
         refusal_responses: bool = False,
         context: bool = True,
+        stream_idle: float | None = 60.0,
     ) -> None:
         if not hasattr(sched, "acquire") or not hasattr(sched, "endpoints"):
             raise InvalidParameter("sched must be an lmgate Scheduler", field="sched")
@@ -146,6 +148,10 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         self._raise = raise_errors
         self._refusals = refusal_responses
         self._context = context
+        if stream_idle is not None:
+            stream_idle = check_float("stream_idle", stream_idle, low=0.0, low_open=True)
+        self._idle = stream_idle
+        self._invalid = 0
         self._pools: dict[str, httpx.AsyncBaseTransport] = {}
         self._estimators: dict[str, TokenEstimator] = {}
         self._closed = False
@@ -185,26 +191,32 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise SchedulerClosed("the transport is closed")
-        body = await request.aread()
-        if len(body) > _MAX_REQUEST:
-            raise InvalidParameter("request body larger than 32 MiB", field="body")
-        payload = json_object(request, body)
-        model, priority, timeout = params(request, payload)
-        prompt = chat_prompt(request, payload) if self._context else None
+        try:
+            body = await request.aread()
+            if len(body) > _MAX_REQUEST:
+                raise InvalidParameter("request body larger than 32 MiB", field="body")
+            payload = json_object(request, body)
+            model, opts = params(request, payload)
+            prompt = chat_prompt(request, payload) if self._context else None
+        except InvalidParameter as exc:
+            self._invalid += 1
+            if self._refusals:
+                return refusal(exc)
+            raise
         window: dict[str, Any] = {}
         if prompt is not None:
             window = {"messages": prompt[0], "max_tokens": prompt[1]}
         self._requests += 1
         try:
             lease = await self._sched.acquire(
-                model=model, priority=priority, timeout=timeout, **window
+                model=model, priority=opts.priority or 0, timeout=opts.timeout, **window
             )
-        except (Rejected, EndpointUnavailable, SchedulerClosed, DeadlineExceeded) as exc:
+        except ContextOverflow as exc:
+            self._overflows += 1
             if self._refusals:
                 return refusal(exc)
             raise
-        except ContextOverflow as exc:
-            self._overflows += 1
+        except (Rejected, EndpointUnavailable, SchedulerClosed, DeadlineExceeded) as exc:
             if self._refusals:
                 return refusal(exc)
             raise
@@ -221,13 +233,15 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             self._failed += 1
             lease.release(exc)
+            if self._refusals and isinstance(exc, DeadlineExceeded):
+                return refusal(exc)
             raise
         if response.status_code >= 400:
             return await self._error_response(response, lease)
         sniffer = UsageSniffer(response.headers.get("content-type", ""))
         chars = prompt_chars(payload)
         self._open += 1
-        stream = LeasedStream(self, response, lease, start, sniffer, chars)
+        stream = LeasedStream(self, response, lease, start, sniffer, chars, idle=self._idle)
         return httpx.Response(
             response.status_code,
             headers=response.headers,
@@ -271,12 +285,15 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
 
     async def _error_response(self, response: httpx.Response, lease: LeaseLike) -> httpx.Response:
         try:
-            body = await read_bounded(response)
+            body = await read_bounded(response, lease.deadline)
         except BaseException as exc:
             lease.release(exc)
+            if self._refusals and isinstance(exc, DeadlineExceeded):
+                return refusal(exc)
             raise
         finally:
-            await response.aclose()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await response.aclose()
         error = error_from_response(response.status_code, response.headers, body)
         outcome: OutcomeClass | None = None
         if error is None:

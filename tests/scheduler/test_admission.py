@@ -112,14 +112,16 @@ def test_routes_only_to_endpoints_serving_the_model() -> None:
     queue(adm, clock, "x")
 
 
-def test_unknown_model_is_unavailable_at_once() -> None:
-    """A model no endpoint serves is refused at once and counted as unavailable."""
-    adm, clock = _admission(("a", ("m",), 1))
-    with pytest.raises(EndpointUnavailable):
+def test_unknown_model_is_refused_and_counts_nothing() -> None:
+    """A model no endpoint serves is bad input: refused at once, naming the served models."""
+    adm, clock = _admission(("a", ("m",), 1), ("b", ("n",), 1))
+    with pytest.raises(EndpointUnavailable, match="served: 'm', 'n'") as info:
         adm.submit("nope", 0, math.inf, clock.now)
+    assert info.value.reason == "unknown_model"
+    assert info.value.models == ("m", "n")
     check(adm)
-    assert adm.submitted == 1
-    assert adm.outcomes["unavailable"] == 1
+    assert adm.submitted == 0
+    assert sum(adm.outcomes.values()) == 0
 
 
 def test_full_queue_rejects() -> None:

@@ -34,6 +34,7 @@ from lmgate import (
 )
 from lmgate.policies import Fixed
 from lmgate.scheduler._admission import Admission
+from lmgate.scheduler._throttling import _SlotThrottle
 
 from ._support import check_identity, endpoint, lmgate_tasks
 
@@ -67,6 +68,7 @@ class Req:
     running: bool = False
     done: bool = False
     outcome: str | None = None
+    close_refused: bool | None = None
 
 
 class CounterWatch(trio.abc.Instrument):
@@ -89,8 +91,17 @@ class CounterWatch(trio.abc.Instrument):
                 self.violations.append(f"{s.endpoint.name} over its limit")
 
 
-async def _fake_call(r: Req, lease: Lease) -> None:
+async def _fake_call(r: Req, lease: Lease, sched: Scheduler | None = None) -> None:
     r.running = True
+    if r.behaviour == "close_inside" and sched is not None:
+        # Closing the scheduler from inside one of its calls is refused,
+        # with a typed error, and changes nothing.
+        try:
+            await sched.__aexit__(None, None, None)
+        except SchedulerClosed:
+            r.close_refused = True
+        else:
+            r.close_refused = False
     limit = math.inf if r.behaviour == "hang" else r.duration
     with trio.move_on_after(limit):
         await r.finish_now.wait()
@@ -106,32 +117,32 @@ async def _request(sched: Scheduler, r: Req) -> None:
     with r.scope:
         try:
             if r.api == "run":
-                await sched.run(functools.partial(_fake_call, r), **kw)
+                await sched.run(functools.partial(_fake_call, r, sched=sched), **kw)
             elif r.api == "lease":
                 async with sched.lease(**kw) as lease:
-                    await _fake_call(r, lease)
+                    await _fake_call(r, lease, sched)
             else:
                 # A transport's way: acquire, enforce the deadline itself, release.
                 lease = await sched.acquire(**kw)
-                revoked = False
                 try:
                     with trio.move_on_at(lease.deadline) as cs:
-                        await _fake_call(r, lease)
+                        await _fake_call(r, lease, sched)
                 except BaseException as exc:
-                    revoked = lease.released
+                    # Released already: revoked by close, or reclaimed at its deadline.
+                    taken = lease.outcome if lease.released else None
                     lease.release(exc)
-                    if revoked:
-                        r.outcome = "closed"
+                    if taken is not None:
+                        r.outcome = taken
                     raise
-                revoked = lease.released
+                taken = lease.outcome if lease.released else None
                 if cs.cancelled_caught:
                     lease.release(DeadlineExceeded("deadline passed in the call"))
-                    r.outcome = "closed" if revoked else "deadline_exceeded"
+                    r.outcome = taken or "deadline_exceeded"
                     return
                 lease.release()
                 lease.release(Boom())  # a second release is a no-op
-                if revoked:
-                    r.outcome = "closed"
+                if taken is not None:
+                    r.outcome = taken
                     return
             r.outcome = "completed"
         except (Boom, Overloaded):
@@ -140,8 +151,9 @@ async def _request(sched: Scheduler, r: Req) -> None:
             r.outcome = "rejected"
         except DeadlineExceeded:
             r.outcome = "deadline_exceeded"
-        except EndpointUnavailable:
-            r.outcome = "unavailable"
+        except EndpointUnavailable as exc:
+            # A model no endpoint serves is bad input: refused, never counted.
+            r.outcome = "unknown_model" if exc.reason == "unknown_model" else "unavailable"
         except SchedulerClosed:
             r.outcome = "closed"
         finally:
@@ -160,12 +172,18 @@ _submit = st.fixed_dictionaries(
             st.just(0.0),
             st.floats(0.05, 6.0, allow_nan=False).map(lambda x: round(x, 2)),
         ),
-        "behaviour": st.sampled_from(["complete", "complete", "raise", "overload", "hang"]),
+        "behaviour": st.sampled_from(
+            ["complete", "complete", "raise", "overload", "hang", "close_inside"]
+        ),
         "duration": st.floats(0.0, 3.0, allow_nan=False).map(lambda x: round(x, 2)),
     }
 )
 _actions = st.sampled_from(
-    ["submit"] * 4 + ["cancel"] * 2 + ["finish"] * 2 + ["advance"] * 2 + ["health", "close"]
+    ["submit"] * 4
+    + ["cancel"] * 2
+    + ["finish"] * 2
+    + ["advance"] * 2
+    + ["health", "reenter", "close"]
 )
 
 
@@ -174,20 +192,26 @@ def _check_step(sched: Scheduler, reqs: list[Req]) -> None:
     check_identity(stats)
     # Work-conserving: nobody waits for a model while an endpoint serving it has room.
     adm = sched._admission
+    now = trio.current_time()
     for slot in adm.slots:
         # Once everyone is blocked the actors have answered every sample: an
         # endpoint that is up takes at least one request (no stranded trial cap).
         assert not (slot.routing == "up" and slot.effective_limit == 0 and slot.in_flight == 0)
     for model in adm.queue.models_waiting():
         for slot in adm.by_model[model]:
-            assert slot.routing != "up" or slot.in_flight >= slot.effective_limit, (model, slot)
+            # (An endpoint that is throttling -- refusing part of its traffic
+            # locally because it refuses most of it -- may sit below its limit
+            # while a request waits for a healthy endpoint of the same model.)
+            throttling = isinstance(slot.throttle, _SlotThrottle) and slot.throttle.active(now)
+            full = slot.in_flight >= slot.effective_limit
+            assert slot.routing != "up" or full or throttling, (model, slot)
         # ...and nobody waits for a model that no endpoint can serve.
         assert any(slot.routing != "down" for slot in adm.by_model[model]), model
     now = trio.current_time()
     for r in reqs:
         if not r.done:
             assert now <= r.deadline + SLACK, (r, now)
-    finished = Counter(r.outcome for r in reqs if r.done)
+    finished = Counter(r.outcome for r in reqs if r.done and r.outcome != "unknown_model")
     for outcome, n in finished.items():
         assert outcome is not None
         assert n <= stats.outcomes[outcome], (outcome, finished, stats.outcomes)
@@ -235,6 +259,13 @@ async def _program(data: st.DataObject) -> None:
                     await trio.sleep(data.draw(st.sampled_from([0.01, 0.1, 0.5, 1.0, 2.5, 6.0])))
                 elif action == "health":
                     healthy["ok"] = not healthy["ok"]
+                elif action == "reenter":
+                    # Entering a running scheduler again is refused and changes nothing.
+                    before = sched.stats()
+                    with pytest.raises(SchedulerClosed):
+                        async with sched:
+                            pass
+                    assert sched.stats() == before
                 elif action == "close":
                     break
                 await trio.testing.wait_all_tasks_blocked()
@@ -255,8 +286,12 @@ async def _program(data: st.DataObject) -> None:
     assert watch.violations == []
     assert watch.steps > 0
     stats = sched.stats()
-    assert stats.submitted == len(reqs)
-    got = Counter(r.outcome for r in reqs)
+    unknown = [r for r in reqs if r.outcome == "unknown_model"]
+    assert all(r.model == "ghost" for r in unknown)
+    assert stats.submitted == len(reqs) - len(unknown)
+    assert all(r.close_refused is not False for r in reqs)
+    assert all(r.close_refused for r in reqs if r.behaviour == "close_inside" and r.running)
+    got = Counter(r.outcome for r in reqs if r.outcome != "unknown_model")
     assert None not in got, [r for r in reqs if r.outcome is None]
     assert {k: v for k, v in stats.outcomes.items() if v} == dict(got)
 

@@ -349,7 +349,9 @@ async def test_refusals_raise_or_respond() -> None:
     async with httpx.AsyncClient(transport=transport) as client:
         r = await client.post("http://x/v1/chat/completions", json=CHAT)
     assert r.status_code == 429
-    assert r.headers["x-lmgate-error"] == "lmgate_rejected"
+    assert r.headers["x-lmgate-error"] == "Rejected"
+    assert r.headers["x-lmgate-outcome"] == "rejected"
+    assert r.headers["x-should-retry"] == "false"
     assert r.json()["error"]["code"] == "queue_full"
 
 
