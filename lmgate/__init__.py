@@ -59,6 +59,7 @@ from lmgate.scheduler import (
     Stats,
 )
 from lmgate.security import Secret, SecretStr
+from lmgate.transports import RequestOptions, openai_client, request_options
 
 __version__ = "0.1.0.dev0"
 
@@ -84,6 +85,7 @@ __all__ = [
     "QueueOptions",
     "Rejected",
     "RequestHook",
+    "RequestOptions",
     "Resilience",
     "ResourceOptions",
     "Scheduler",
@@ -99,6 +101,8 @@ __all__ = [
     "default_limit",
     "fit_messages",
     "load_config",
+    "openai_client",
+    "request_options",
     "write_config",
 ]
 

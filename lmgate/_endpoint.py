@@ -11,17 +11,19 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, final
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
 from lmgate._errors import InvalidParameter
+from lmgate._validate import check_int
 from lmgate.detect._learn import endpoint_key, learn
 from lmgate.detect._probe import probe
+from lmgate.detect._urls import parse_endpoint_url
 from lmgate.policies._classify import Classification
 from lmgate.policies._limit import LimitPolicy
 from lmgate.policies._sample import OutcomeClass
+from lmgate.security._secrets import SecretStr
 
 __all__ = ["KINDS", "Endpoint", "EndpointRef", "HealthCheck", "ProbeReport"]
 
@@ -55,22 +57,33 @@ class ProbeReport(msgspec.Struct, frozen=True, kw_only=True):
 _MAX_STR = 4096
 
 
-class _Named(msgspec.Struct, frozen=True):
+class _Located(msgspec.Struct, frozen=True):
     name: str
+    url: str
 
 
 @final
-class Endpoint(_Named, frozen=True, kw_only=True):
+class Endpoint(_Located, frozen=True, kw_only=True):
     """One model server (or cloud API) the scheduler may send requests to.
 
     ``name`` identifies the endpoint in stats, events and across processes;
     ``models`` lists what it serves.  ``limit`` overrides the scheduler's
     limit policy for this endpoint.  ``api_key_env`` names the environment
     variable holding its key -- the key itself is never stored here, so the
-    ``repr`` of an endpoint is safe to log.
+    ``repr`` of an endpoint is safe to log.  Credentials in the URL
+    (``http://user:password@host/v1``) are taken out of ``url`` at once and
+    kept as ``credentials`` (a ``SecretStr``, sent as HTTP basic auth when
+    the endpoint has no key).
+
+    ``name`` and ``url`` may be given positionally; everything else is by
+    keyword.  ``context_window`` / ``context_windows`` give windows the
+    server does not report; ``probe=True`` learns models, windows and slots
+    at start; ``health`` is an async check (``True``/``False`` or a
+    ``ProbeReport``); ``ports`` are where a restarted server may reappear;
+    the timeouts and ``max_connections`` bound the endpoint's HTTP pool.
+    Every value is checked here and a bad one raises ``InvalidParameter``.
     """
 
-    url: str
     models: tuple[str, ...] = ()
     limit: LimitPolicy | None = None
     kind: str = "unknown"
@@ -87,20 +100,22 @@ class Endpoint(_Named, frozen=True, kw_only=True):
     connect_timeout: float = 5.0
     read_timeout: float = 600.0
     max_connections: int = 100
+    credentials: SecretStr | None = None
 
     def __post_init__(self) -> None:
         _check_str("name", self.name)
         _check_str("url", self.url)
-        if self.url.startswith(("unix:", "http+unix:")):
-            pass
-        else:
-            parts = urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+        where = parse_endpoint_url(self.url)
+        if where.user is not None:
+            if self.credentials is not None:
                 raise InvalidParameter(
-                    f"endpoint {self.name!r}: url must be http(s)://host[:port][/path],"
-                    f" got {self.url[:80]!r}",
-                    field="url",
+                    "credentials given twice (in the url and as credentials=)", field="url"
                 )
+            secret = SecretStr(f"{where.user}:{where.password or ''}")
+            msgspec.structs.force_setattr(self, "credentials", secret)
+        msgspec.structs.force_setattr(self, "url", where.url)
+        if self.credentials is not None and not isinstance(self.credentials, SecretStr):
+            raise InvalidParameter("credentials must be a SecretStr", field="credentials")
         models = self.models
         if isinstance(models, str) or not isinstance(models, list | tuple):
             raise InvalidParameter("models must be a list of model names", field="models")
@@ -109,24 +124,44 @@ class Endpoint(_Named, frozen=True, kw_only=True):
         if len(set(models)) != len(models):
             raise InvalidParameter("models has duplicates", field="models")
         msgspec.structs.force_setattr(self, "models", tuple(models))
-        if self.kind not in KINDS:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise InvalidParameter(f"kind must be one of {KINDS}, got {self.kind!r}", field="kind")
         if self.limit is not None and not hasattr(self.limit, "build"):
             raise InvalidParameter("limit must be a policy config such as Fixed(8)", field="limit")
-        if self.context_window is not None and (
-            isinstance(self.context_window, bool)
-            or not isinstance(self.context_window, int)
-            or self.context_window < 1
-        ):
-            raise InvalidParameter("context_window must be a positive int", field="context_window")
-        for port in self.ports:
+        if self.context_window is not None:
+            _check_window("context_window", self.context_window)
+        windows = self.context_windows
+        if not isinstance(windows, Mapping):
+            raise InvalidParameter(
+                "context_windows must be a mapping of model -> tokens", field="context_windows"
+            )
+        for m, w in windows.items():
+            _check_str("context_windows key", m)
+            _check_window("context_windows", w)
+        msgspec.structs.force_setattr(self, "context_windows", dict(windows))
+        for field in ("local",):
+            v = getattr(self, field)
+            if v is not None and type(v) is not bool:
+                raise InvalidParameter(f"{field} must be True, False or None", field=field)
+        for field in ("probe", "warmup"):
+            if type(getattr(self, field)) is not bool:
+                raise InvalidParameter(f"{field} must be a bool", field=field)
+        for field in ("health", "classify", "api_key"):
+            v = getattr(self, field)
+            if v is not None and not callable(v):
+                raise InvalidParameter(f"{field} must be callable or None", field=field)
+        ports = self.ports
+        if isinstance(ports, str) or not isinstance(ports, list | tuple):
+            raise InvalidParameter("ports must be a list of ints", field="ports")
+        for port in ports:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-                raise InvalidParameter(f"bad port {port!r}", field="ports")
-        msgspec.structs.force_setattr(self, "ports", tuple(self.ports))
+                raise InvalidParameter(f"bad port {str(port)[:20]!r}", field="ports")
+        msgspec.structs.force_setattr(self, "ports", tuple(ports))
         for field in ("connect_timeout", "read_timeout"):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v < math.inf):
                 raise InvalidParameter(f"{field} must be a positive finite number", field=field)
+        check_int("max_connections", self.max_connections, low=1, high=100_000)
         if self.api_key_env is not None:
             _check_str("api_key_env", self.api_key_env)
 
@@ -172,6 +207,11 @@ def _name_for(url: str) -> str:
     if u is None or not u.host:
         return "endpoint"
     return f"{u.host}:{u.port}" if u.port else u.host
+
+
+def _check_window(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 100_000_000:
+        raise InvalidParameter(f"{field} must hold positive ints (tokens)", field=field)
 
 
 def _check_str(field: str, value: Any) -> None:

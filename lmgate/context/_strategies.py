@@ -170,8 +170,11 @@ class Compress(msgspec.Struct, frozen=True, kw_only=True):
     """Shorten the largest messages, keeping their head and tail.
 
     The largest message goes first (usually a tool result: a file, a log),
-    and so on down; the last user message and the newest message only when
-    nothing else is left to shorten.  The system prompt is never touched.
+    and so on down.  The system prompt is never touched, and the last user
+    message only with ``cut_newest=True`` (a tool result, even the newest
+    message, is shortened like any other): cutting
+    the caller's own words silently would lie about what was asked, so by
+    default a prompt that only fits that way is refused (``ContextOverflow``).
     The cut is marked in the text so the model knows something is missing.
     The default for cloud endpoints, whose windows are large enough that
     old turns still help.
@@ -179,10 +182,13 @@ class Compress(msgspec.Struct, frozen=True, kw_only=True):
 
     min_chars: int = 256
     head_share: float = 0.6
+    cut_newest: bool = False
 
     def __post_init__(self) -> None:
         check_int("min_chars", self.min_chars, low=0, high=10_000_000)
         check_float("head_share", self.head_share, low=0.0, high=1.0)
+        if type(self.cut_newest) is not bool:
+            raise InvalidParameter("cut_newest must be a bool", field="cut_newest")
 
     def fit(self, messages: tuple[Message, ...], budget: int, count: TokenCounter) -> Step:
         msgs = list(messages)
@@ -190,8 +196,8 @@ class Compress(msgspec.Struct, frozen=True, kw_only=True):
         before = total = sum(sizes)
         first, originals, done = lead(msgs), dict[int, str](), set[int]()
         kept_chars: dict[int, int] = {}
-        pinned = {len(msgs) - 1, _last_user(msgs, first)}
-        for allow_pinned in (False, True):
+        pinned = {_last_user(msgs, first)}
+        for allow_pinned in (False, True) if self.cut_newest else (False,):
             while total > budget:
                 best = -1
                 for i in range(first, len(msgs)):

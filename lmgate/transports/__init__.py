@@ -12,24 +12,30 @@ security; it sees the scheduler only through the ``LeaseSource`` protocol.
 from lmgate.transports._errors import error_from_response, error_message, parse_retry_after
 from lmgate.transports._ollama import ollama_chat, ollama_stream
 from lmgate.transports._openai import ChatResult, openai_chat, openai_stream, raise_for_response
+from lmgate.transports._options import RequestOptions, current_options, request_options
 from lmgate.transports._pool import ClientPool, ClientPoolStatistics, pooled_transport
 from lmgate.transports._scheduling import SchedulingTransport, SchedulingTransportStatistics
+from lmgate.transports._sdk import openai_client
 from lmgate.transports._urls import rebase
 
 __all__ = [
     "ChatResult",
     "ClientPool",
     "ClientPoolStatistics",
+    "RequestOptions",
     "SchedulingTransport",
     "SchedulingTransportStatistics",
+    "current_options",
     "error_from_response",
     "error_message",
     "ollama_chat",
     "ollama_stream",
     "openai_chat",
+    "openai_client",
     "openai_stream",
     "parse_retry_after",
     "pooled_transport",
     "raise_for_response",
     "rebase",
+    "request_options",
 ]

@@ -10,7 +10,8 @@ HTTP answer a refusal becomes when asked for one.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -213,19 +214,40 @@ async def read_bounded(response: httpx.Response, deadline: float = math.inf) -> 
     """An (error) body read under the request's deadline and cut at 1 MiB.
 
     A body that trickles past the deadline raises ``DeadlineExceeded``;
-    past the cap the rest is not read at all.
+    past the cap the rest is not read at all.  The transport's byte stream
+    is read (and closed) directly, so no half-read generator is left for
+    the garbage collector; gzip and deflate bodies are inflated here.
     """
     chunks: list[bytes] = []
     size = 0
+    inflate = _inflater(response.headers.get("content-encoding", ""))
+    stream = response.stream
+    it = stream.__aiter__()  # type: ignore[union-attr]
     with anyio.move_on_at(deadline) as scope:
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk[: _MAX_ERROR_BODY - size])
-            size += len(chunks[-1])
-            if size >= _MAX_ERROR_BODY:
-                break
+        try:
+            async for raw in it:
+                chunk = inflate(raw) if inflate is not None else raw
+                chunks.append(chunk[: _MAX_ERROR_BODY - size])
+                size += len(chunks[-1])
+                if size >= _MAX_ERROR_BODY:
+                    break
+        finally:
+            closer = getattr(it, "aclose", None)
+            if closer is not None:
+                with anyio.CancelScope(shield=True):
+                    await closer()
     if scope.cancelled_caught:
         raise DeadlineExceeded("deadline passed while reading the error body")
     return b"".join(chunks)
+
+
+def _inflater(encoding: str) -> Callable[[bytes], bytes] | None:
+    encoding = encoding.strip().lower()
+    if encoding == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
+    if encoding == "deflate":
+        return zlib.decompressobj().decompress
+    return None
 
 
 #: What each refusal becomes in SDK-native mode: HTTP status, OpenAI error

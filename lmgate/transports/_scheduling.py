@@ -17,6 +17,7 @@ enforced per read instead.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any, Protocol, final
 
@@ -41,6 +42,7 @@ from lmgate.detect._learn import endpoint_key
 from lmgate.detect._locality import classify_url
 from lmgate.detect._tokens import TokenEstimator
 from lmgate.policies._sample import OutcomeClass
+from lmgate.security._secrets import redact
 from lmgate.transports._errors import error_from_response
 from lmgate.transports._leased import LeasedStream, LeaseLike
 from lmgate.transports._pool import ClientPool, pooled_transport
@@ -267,6 +269,9 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         key = endpoint_key(ep) if ep is not None else None
         if key:
             headers.append(("authorization", f"Bearer {key}"))
+        elif ep is not None and ep.credentials is not None:
+            basic = base64.b64encode(ep.credentials.get_secret_value().encode()).decode()
+            headers.append(("authorization", f"Basic {basic}"))
         elif self._forward_auth and "authorization" in request.headers:
             headers.append(("authorization", request.headers["authorization"]))
         changes: dict[str, Any] = {}
@@ -294,6 +299,8 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                 await response.aclose()
+        if response.status_code in (401, 403):
+            body = self._scrubbed(body, lease)
         error = error_from_response(response.status_code, response.headers, body)
         outcome: OutcomeClass | None = None
         if error is None:
@@ -309,11 +316,34 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         if self._raise and isinstance(error, LmgateError) and not isinstance(error, _HTTPError):
             raise error
         headers = [
-            (k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
         ]
         return httpx.Response(
             response.status_code, headers=headers, content=body, extensions=response.extensions
         )
+
+    def _scrubbed(self, body: bytes, lease: LeaseLike) -> bytes:
+        """A 401/403 body with the endpoint's own key and credentials masked.
+
+        Some servers echo the ``Authorization`` they refused; that is the
+        endpoint's real key, which the caller of the transport must not see.
+        """
+        ep = self._endpoint(lease.endpoint.name)
+        if ep is None:
+            return body
+        secrets: list[str] = []
+        key = endpoint_key(ep)
+        if key:
+            secrets.append(key)
+        if ep.credentials is not None:
+            plain = ep.credentials.get_secret_value()
+            secrets += [plain, base64.b64encode(plain.encode()).decode()]
+            secrets += [part for part in plain.split(":", 1)[1:] if part]
+        if not secrets:
+            return body
+        return redact(body.decode("utf-8", "replace"), secrets).encode()
 
     def stream_closed(self) -> None:
         self._open -= 1

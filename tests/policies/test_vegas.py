@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -125,7 +125,7 @@ def test_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -> None:
     assert info.value.field == field
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(
     st.lists(samples, max_size=40),
     st.floats(min_value=1e-6, max_value=1e6),

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+from _virtual import VirtualClockLoop
 
 import lmgate
 from lmgate import (
@@ -37,7 +38,6 @@ from lmgate import (
 from lmgate.policies import Fixed
 
 from ._support import check_identity, endpoint, lmgate_tasks
-from ._virtual import VirtualClockLoop
 
 pytestmark = pytest.mark.anyio
 
