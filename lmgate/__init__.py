@@ -109,34 +109,7 @@ __all__ = [
 #: Names that were at the top before they moved to their subpackage: still
 #: served from here (with a DeprecationWarning) for one release.
 _MOVED = {
-    **{
-        name: "lmgate.events"
-        for name in (
-            "BreakerClosed",
-            "BreakerHalfOpen",
-            "BreakerOpened",
-            "ConfigApplied",
-            "ConfigRefused",
-            "ContextApplied",
-            "EndpointAdded",
-            "EndpointDiscovered",
-            "EndpointDiscoveryFailed",
-            "EndpointMoved",
-            "EndpointRemoved",
-            "EndpointStateChanged",
-            "Event",
-            "EventHub",
-            "LimitChanged",
-            "LimitRebuilt",
-            "ModelChanged",
-            "QueueShed",
-            "ResourceRecommendationChanged",
-            "ServerExposed",
-            "ServerRunsAsRoot",
-            "Subscription",
-            "TempFilesCleaned",
-        )
-    },
+    **dict.fromkeys(events.__all__, "lmgate.events"),
     "ConfigDiff": "lmgate.config",
     "ConfigWatcher": "lmgate.config",
     "ListenerReport": "lmgate.security",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import anyio
 
-__all__ = ["backend_clock", "current_task", "running_backend", "task_ended"]
+__all__ = ["backend_clock", "current_task", "running_backend", "task_ended", "task_getter"]
 
 
 def running_backend() -> str | None:
@@ -41,13 +41,22 @@ def backend_clock() -> Callable[[], float]:
 
 def current_task() -> object:
     """The running task itself (asyncio's ``Task`` or trio's), to compare by identity."""
+    return task_getter()()
+
+
+def task_getter() -> Callable[[], object]:
+    """The running backend's own current-task function, looked up once.
+
+    For code that asks on every chunk of a stream: the lookup costs more
+    than the question.
+    """
     if running_backend() == "trio":
         import trio
 
-        return trio.lowlevel.current_task()
+        return trio.lowlevel.current_task
     import asyncio
 
-    return asyncio.current_task()
+    return asyncio.current_task
 
 
 def task_ended(task: object) -> bool:

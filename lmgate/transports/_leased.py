@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import anyio
 import httpx
 
-from lmgate._backend import current_task
+from lmgate._backend import task_getter
 from lmgate._endpoint import EndpointRef
 from lmgate._errors import DeadlineExceeded, LmgateError
 from lmgate.detect._tokens import TokenEstimator
@@ -99,8 +99,9 @@ class LeasedStream(httpx.AsyncByteStream):
         self._reading = False
         self._it: AsyncIterator[bytes] | None = None
         self._idle = idle
+        self._task = task_getter()
         #: The task that opened the stream, then the last one to read from it.
-        self.owner: object = current_task()
+        self.owner: object = self._task()
         self.owner_read = False
         self.idle_at = math.inf if idle is None else anyio.current_time() + idle
         lease._watch = weakref.ref(self)
@@ -113,7 +114,7 @@ class LeasedStream(httpx.AsyncByteStream):
             raise self._reclaim_error()
         if self._it is None:
             self._it = self._response.stream.__aiter__()  # type: ignore[union-attr]
-        self.owner = current_task()
+        self.owner = self._task()
         self.owner_read = True
         self._reading = True
         try:
