@@ -150,3 +150,13 @@ def test_top_level_stays_small() -> None:
     """At most 8 modules sit directly in ``lmgate/`` besides ``__init__.py``."""
     loose = [p.name for p in ROOT.glob("*.py") if p.name != "__init__.py"]
     assert len(loose) <= 8, loose
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """Modules stay one idea each: none grows past 500 lines."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in ROOT.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500
+    }
+    assert not long, long
