@@ -13,13 +13,12 @@ runs in the controller actor (``AdmissionController``) that owns it.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from typing import Any, Protocol, final
 
 import anyio
 import msgspec
 
-from lmgate._backend import task_ended
 from lmgate._errors import (
     ContextOverflow,
     DeadlineExceeded,
@@ -320,47 +319,6 @@ class Admission:
             self._drained.set()
 
     # -- controller side --------------------------------------------------------------
-
-    def overdue(self, now: float) -> list[tuple[Lease, str]]:
-        """Leases the scheduler must take back itself, with why.
-
-        Only leases no cancel scope guards (``acquire()``d ones, response
-        streams): past their deadline; or handed-out work whose owner task
-        ended after reading from it; or unread past its idle bound.  A
-        ``run()`` or ``lease()`` block keeps its own deadline.
-        """
-        out: list[tuple[Lease, str]] = []
-        for lease in self.live:
-            if lease._scope is not None:
-                continue
-            if now >= lease.deadline:
-                out.append((lease, "deadline"))
-                continue
-            ref = lease._watch
-            watch = ref() if ref is not None else None
-            if watch is None:
-                continue
-            if watch.owner_read and watch.owner is not None and task_ended(watch.owner):
-                out.append((lease, "owner_gone"))
-            elif now >= watch.idle_at:
-                out.append((lease, "idle"))
-        return out
-
-    def reclaim(self, lease: Lease, reason: str) -> Callable[[], Awaitable[None]] | None:
-        """Take ``lease`` back for ``reason``; return the closing of its work, if any."""
-        if lease._released:
-            return None
-        ref = lease._watch
-        watch = ref() if ref is not None else None
-        if watch is not None:
-            # The work knows how to stop (close its response); it may also
-            # decline for now (a read already waiting on its own deadline).
-            return watch.reclaim(reason)
-        if reason == "deadline":
-            self.finish(lease, None, outcome="timeout", result="deadline_exceeded")
-        else:
-            self.finish(lease, None, outcome="cancelled", result="cancelled")
-        return None
 
     def set_limit(self, index: int, limit: int, now: float) -> None:
         self.slots[index].limit = max(1, limit)

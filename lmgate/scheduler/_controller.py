@@ -5,7 +5,7 @@ queue, leave, release).  Everything that arrives from elsewhere -- a new
 limit, a changed health state -- comes through this actor's bounded mailbox
 and is followed by a dispatch, so queued requests move as soon as capacity
 appears.  Every ``sweep_interval`` seconds it also takes back the leases
-nobody else will release in time (``Admission.overdue``): work past its
+nobody else will release in time (``_reclaim.overdue``): work past its
 deadline, a response stream whose task is gone, one left unread.  The slot
 is freed at once; closing the response (so the server stops) runs in the
 actor's own task group, bounded.
@@ -27,6 +27,7 @@ from lmgate.actors._messages import (
     UrlChanged,
 )
 from lmgate.scheduler._admission import Admission
+from lmgate.scheduler._reclaim import overdue, reclaim
 
 _log = logging.getLogger("lmgate.scheduler")
 
@@ -83,8 +84,8 @@ class AdmissionController:
     def sweep(self, now: float, closers: anyio.abc.TaskGroup) -> None:
         """Take back every overdue lease now; close their work in the background."""
         adm = self._admission
-        for lease, reason in adm.overdue(now):
-            closer = adm.reclaim(lease, reason)
+        for lease, reason in overdue(adm, now):
+            closer = reclaim(adm, lease, reason)
             self.reclaimed[reason] += 1
             if closer is not None:
                 closers.start_soon(_bounded, closer)
