@@ -9,7 +9,7 @@ per (endpoint, model) pair and reused, so granting allocates nothing for it.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, final
 
 import httpx
@@ -23,7 +23,7 @@ from lmgate.detect._urls import parse_endpoint_url
 from lmgate.policies._classify import Classification
 from lmgate.policies._limit import LimitPolicy
 from lmgate.policies._sample import OutcomeClass
-from lmgate.security._secrets import SecretStr
+from lmgate.security._secrets import SecretStr, guard_http_logs
 
 __all__ = ["KINDS", "Endpoint", "EndpointRef", "HealthCheck", "ProbeReport"]
 
@@ -84,7 +84,7 @@ class Endpoint(_Located, frozen=True, kw_only=True):
     Every value is checked here and a bad one raises ``InvalidParameter``.
     """
 
-    models: tuple[str, ...] = ()
+    models: Sequence[str] = ()
     limit: LimitPolicy | None = None
     kind: str = "unknown"
     local: bool | None = None
@@ -95,7 +95,7 @@ class Endpoint(_Located, frozen=True, kw_only=True):
     classify: Classifier | None = None
     health: HealthCheck | None = None
     probe: bool = False
-    ports: tuple[int, ...] = ()
+    ports: Sequence[int] = ()
     warmup: bool = False
     connect_timeout: float = 5.0
     read_timeout: float = 600.0
@@ -116,6 +116,8 @@ class Endpoint(_Located, frozen=True, kw_only=True):
         msgspec.structs.force_setattr(self, "url", where.url)
         if self.credentials is not None and not isinstance(self.credentials, SecretStr):
             raise InvalidParameter("credentials must be a SecretStr", field="credentials")
+        if self.credentials is not None:
+            guard_http_logs(self.credentials)
         models = self.models
         if isinstance(models, str) or not isinstance(models, list | tuple):
             raise InvalidParameter("models must be a list of model names", field="models")

@@ -38,6 +38,7 @@ LAYERS = [
     "lmgate.otel",
     "lmgate",
     "lmgate.cli",
+    "lmgate.__main__",
 ]
 
 

@@ -371,7 +371,7 @@ class EndpointActor:
         if routing != self._routing or force:
             self._routing = routing
             await self._controller.send(StateChanged(self.index, *routing))
-        until = breaker.retry_at(now)
+        until = breaker.next_change(now)
         if until is not None:
             self._timer.arm(until)
 

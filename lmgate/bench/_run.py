@@ -94,8 +94,9 @@ async def run_scenario(
     servers = scenario.build_servers()
     health = sim_health(servers)
     endpoints = [server.endpoint(health=health) for server in servers.values()]
-    models = {config.name: config.model for config in scenario.servers}
-    only = scenario.servers[0].model
+    every = (*scenario.servers, *scenario.engines)
+    models = {config.name: config.model for config in every}
+    only = every[0].model
     sched = Scheduler(
         endpoints,
         limit=policy,

@@ -65,6 +65,19 @@ def _one(scenario: Scenario, policy: str, config: LimitPolicy, seed: int) -> Res
     return Result(metrics=measure(trace, scenario), timeline=timeline_of(trace))
 
 
+def _bare(scenario: Scenario, limit: int) -> Result:
+    """The ten-line alternative at the oracle's limit: a bare limiter that sheds."""
+    import trio
+    import trio.testing
+
+    from lmgate.bench._bare import run_bare
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    trace = trio.run(lambda: run_bare(scenario, limit), clock=clock)
+    metrics = msgspec.structs.replace(measure(trace, scenario), policy=f"bare-{limit}")
+    return Result(metrics=metrics, timeline=timeline_of(trace))
+
+
 class _Runner:
     """Runs (scenario, policy) pairs inline or in worker processes, with a progress bar."""
 
@@ -157,6 +170,8 @@ def run_bench(
                 oracle = f"oracle ({best.metrics.policy})"
                 metrics = msgspec.structs.replace(best.metrics, policy=oracle)
                 results["oracle"] = Result(metrics=metrics, timeline=best.timeline)
+                if "bare" in policies:
+                    results["bare"] = _bare(scenario, _best(fixed))
             named = [p for p in policies if p in POLICIES]
             runs = runner.map(scenario, [(p, POLICIES[p]) for p in named], seed)
             results.update(zip(named, runs, strict=True))
@@ -210,8 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--policies",
-        default="none,fixed,oracle,aimd,vegas,gradient2,lmgate",
-        help="comma-separated: none, fixed, oracle, aimd, vegas, gradient2, lmgate, sweep",
+        default="none,fixed,oracle,bare,aimd,vegas,gradient2,lmgate",
+        help="comma-separated: none, fixed, oracle, bare (a CapacityLimiter at the oracle's"
+        " limit that sheds past twice it waiting), aimd, vegas, gradient2, lmgate, sweep",
     )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the event-loop shuffle")
@@ -228,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--"]:  # ``lmgate bench -- --quick``: the separator is passed on
         argv = argv[1:]
     args = _parser().parse_args(argv)
-    known = {"none", "fixed", "oracle", "sweep", *POLICIES}
+    known = {"none", "fixed", "oracle", "sweep", "bare", *POLICIES}
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in known]
     if unknown or not policies:

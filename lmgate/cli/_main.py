@@ -1,4 +1,4 @@
-"""The ``lmgate`` command: ``demo``, ``probe`` and ``bench``."""
+"""The ``lmgate`` command: ``demo``, ``probe``, ``sim`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 from functools import partial
 
 import anyio
+
+from lmgate.sim.http import HTTP_DIALECTS
 
 __all__ = ["main"]
 
@@ -31,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("url")
     probe.add_argument("--json", action="store_true", help="print JSON")
     probe.add_argument("--timeout", type=float, default=2.0, help="seconds per probe round")
+
+    sim = sub.add_parser("sim", help="serve a simulated model server on a local port")
+    sim.add_argument("--kind", choices=list(HTTP_DIALECTS), default="llamacpp")
+    sim.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks one)")
+    sim.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    sim.add_argument("--model", action="append", dest="models", help="a model it serves")
+    sim.add_argument("--slots", type=int, default=4, help="requests it runs at once")
+    sim.add_argument("--n-ctx", type=int, default=4096, help="context window in tokens")
+    sim.add_argument("--token-time", type=float, default=0.02, help="seconds per token")
+    sim.add_argument("--max-tokens", type=int, default=64, help="default completion length")
+    sim.add_argument("--api-key", help="require this bearer key")
 
     bench = sub.add_parser("bench", help="run the overload benchmark in virtual time")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -63,11 +76,39 @@ def main(argv: list[str] | None = None) -> int:
         from lmgate.cli._probe import probe_command
 
         return anyio.run(partial(probe_command, args.url, args.json, timeout=args.timeout))
+    if args.command == "sim":
+        return _sim(args)
     if args.command == "bench":
         from lmgate.bench._suite import main as bench_main
 
         return bench_main(args.args)
     return 2  # pragma: no cover
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from lmgate._errors import InvalidParameter
+    from lmgate.cli._sim import run_sim, sim_config
+
+    if not 0 <= args.port <= 65535:
+        print("lmgate sim: --port must be 0..65535", file=sys.stderr)
+        return 2
+    try:
+        config = sim_config(
+            kind=args.kind,
+            models=args.models,
+            slots=args.slots,
+            n_ctx=args.n_ctx,
+            token_time=args.token_time,
+            max_tokens=args.max_tokens,
+            api_key=args.api_key,
+        )
+    except InvalidParameter as exc:
+        print(f"lmgate sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return anyio.run(partial(run_sim, config, host=args.host, port=args.port))
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

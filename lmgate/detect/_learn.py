@@ -13,9 +13,10 @@ its model is told apart from one that is down.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, cast, final
 
+import anyio
 import httpx
 import msgspec
 
@@ -36,7 +37,7 @@ class Describable(Protocol):
     @property
     def url(self) -> str: ...
     @property
-    def models(self) -> tuple[str, ...]: ...
+    def models(self) -> Sequence[str]: ...
     @property
     def kind(self) -> str: ...
     @property
@@ -132,18 +133,23 @@ async def health_status(
         transport = httpx.AsyncHTTPTransport(uds=where.socket_path) if where.socket_path else None
         client = httpx.AsyncClient(transport=transport, timeout=timeout)
     try:
-        async with client.stream(
-            "GET", root + route, headers=headers, timeout=timeout, follow_redirects=False
-        ) as r:
-            body = bytearray()
-            async for chunk in r.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    break
-            status, rheaders = r.status_code, dict(r.headers)
+        # httpx's timeout bounds each read; the whole answer, a body that
+        # trickles included, gets ``timeout`` in all.
+        with anyio.move_on_after(timeout) as scope:
+            async with client.stream(
+                "GET", root + route, headers=headers, timeout=timeout, follow_redirects=False
+            ) as r:
+                body = bytearray()
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        break
+                status, rheaders = r.status_code, dict(r.headers)
     finally:
         if own:
             await client.aclose()
+    if scope.cancelled_caught:
+        raise httpx.ReadTimeout(f"{route} did not answer in full within {timeout} s")
     obs = Observation(
         method="GET",
         path=route,

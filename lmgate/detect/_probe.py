@@ -26,6 +26,7 @@ from lmgate.detect._evidence import Observation, Reading, read
 from lmgate.detect._fingerprint import Evidence, Verdict, decide
 from lmgate.detect._locality import Locality, UrlLocality, classify_url
 from lmgate.detect._windows import resolve_window
+from lmgate.security._secrets import guard_http_logs
 
 __all__ = [
     "MAX_BODY",
@@ -203,6 +204,8 @@ async def probe(
         raise InvalidParameter("timeout must be in (0, 3600) seconds", field="timeout")
     if model is not None and (not isinstance(model, str) or not model or len(model) > 512):
         raise InvalidParameter("model must be a non-empty string", field="model")
+    if "@" in url:
+        guard_http_logs()
     now = anyio.current_time()
     slot = model if api_key is None else f"{model or ''}\x00keyed"  # a keyed probe sees more
     if not refresh:

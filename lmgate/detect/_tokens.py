@@ -136,6 +136,7 @@ async def count_tokens(
     back to the estimator when the server has no tokenizer route or the
     call fails; never consults a tokenizer of another model.
     """
+    import anyio
     import httpx
 
     from lmgate.detect._probe import server_root
@@ -153,11 +154,20 @@ async def count_tokens(
         payload = {"inputs": text}
     own = client is None
     c = client if client is not None else httpx.AsyncClient(timeout=timeout)
+    raw = bytearray()
     try:
-        resp = await c.post(root + "/tokenize", json=payload, timeout=timeout)
-        if resp.status_code != 200 or len(resp.content) > _MAX_BODY:
+        # The whole answer within ``timeout`` and under the cap, however it trickles.
+        with anyio.move_on_after(timeout) as scope:
+            async with c.stream("POST", root + "/tokenize", json=payload, timeout=timeout) as r:
+                if r.status_code != 200:
+                    return fallback
+                async for chunk in r.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > _MAX_BODY:
+                        return fallback
+        if scope.cancelled_caught:
             return fallback
-        body = msgspec.json.decode(resp.content)
+        body = msgspec.json.decode(bytes(raw))
     except (httpx.HTTPError, msgspec.DecodeError, ValueError):
         return fallback
     finally:

@@ -54,6 +54,7 @@ from lmgate.policies._lifecycle import (
     ModelChange,
 )
 from lmgate.policies._limit import Fixed, FixedState, LimitPolicy, LimitState, LimitStatistics
+from lmgate.policies._queueing import QueueControl, QueueControlState, QueueControlStatistics
 from lmgate.policies._retry import (
     Retry,
     RetryDecision,
@@ -110,6 +111,9 @@ __all__ = [
     "Permit",
     "PortSearch",
     "PortSearchStatistics",
+    "QueueControl",
+    "QueueControlState",
+    "QueueControlStatistics",
     "RECOMMENDATIONS",
     "Recommendation",
     "ResetWithSummary",

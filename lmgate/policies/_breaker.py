@@ -209,6 +209,15 @@ class BreakerState:
         until = max(ends)
         return until if until > now else None
 
+    def next_change(self, now: float) -> float | None:
+        """When the state at ``now`` next changes by time alone (an open time can
+        end into a hold that outlasts it), if it does."""
+        ends = [self._ra_until, self._soft_until if self._soft_kind is not None else 0.0]
+        if self._phase_open:
+            ends.append(self._open_until)
+        later = [e for e in ends if e > now]
+        return min(later) if later else None
+
     # -- mutators -----------------------------------------------------------
 
     def acquire(self, now: float) -> Permit | None:

@@ -27,11 +27,13 @@ from lmgate._errors import (
     SchedulerClosed,
 )
 from lmgate.actors._messages import Routing
+from lmgate.policies._queueing import QueueControl, QueueControlState
 from lmgate.policies._sample import OutcomeClass, Sample
 from lmgate.scheduler._hooks import HookedRequest
 from lmgate.scheduler._lease import EventLike, Lease, Waiter
 from lmgate.scheduler._outcomes import OUTCOMES, classify_error
 from lmgate.scheduler._queue import RequestQueue
+from lmgate.scheduler._queue_control import next_waiter, predicted_done
 from lmgate.scheduler._slot import EndpointSlot, window_fits
 from lmgate.scheduler._throttling import Throttling
 
@@ -73,8 +75,12 @@ class Admission:
         aging: float,
         clock: Callable[[], float] = anyio.current_time,
         new_event: Callable[[], EventLike] = anyio.Event,
+        control: QueueControl | None = None,
     ) -> None:
         self.slots = slots
+        #: Queue control (deadline-aware admission, CoDel, adaptive LIFO);
+        #: None is a plain priority queue that refuses nothing on a forecast.
+        self.control: QueueControlState | None = None if control is None else control.build()
         #: The event loop's own clock and event type, bound once: looking
         #: the backend up on every call costs more than the rest of a grant.
         self.clock = clock
@@ -165,15 +171,21 @@ class Admission:
         if self.queued >= self.queue_size:
             self.outcomes["rejected"] += 1
             raise Rejected(f"queue full ({self.queue_size} waiting)", reason="queue_full")
-        if deadline != math.inf:
-            wait = self.predicted_wait(model, priority)
-            if now + wait > deadline:
+        predicted = math.nan
+        if self.control is not None:
+            # Newest first while the queue stands: only more urgent ones go before it.
+            lifo = self.control.order() == "lifo"
+            ahead = self.queue.ahead_of(model, priority - 1 if lifo else priority)
+            done, predicted = predicted_done(self.control, slots, ahead)
+            if now + done > deadline:
                 self.outcomes["rejected"] += 1
+                self.control.predicted_refused += 1
                 raise Rejected(
-                    f"predicted wait {wait:.3f}s exceeds the {deadline - now:.3f}s left",
+                    f"predicted to finish in {done:.3f}s, after the {deadline - now:.3f}s left",
                     reason="deadline",
                 )
         waiter = Waiter(model, priority, deadline, now, self.new_event(), min_window)
+        waiter.predicted_wait = predicted
         self.queue.push(waiter, now + priority * self.aging)
         self.queued += 1
         if self.queued > self.peak_queued:
@@ -197,28 +209,12 @@ class Admission:
         )
 
     def predicted_wait(self, model: str, priority: int) -> float:
-        """Expected time until a new queued request is done, from observed service times.
-
-        The requests ahead of it drain through every routable slot of the
-        model at the observed pace, ``(ahead + 1) / capacity * service``, and
-        then it still has to be served, at best as fast as the fastest
-        endpoint serves.  A request that would only get its slot with no time
-        left to use it is refused up front instead of timing out later.  With
-        no observation yet it predicts zero, so nothing is refused on a guess.
-        """
-        capacity = 0
-        weighted = 0.0
-        fastest = math.inf
-        for s in self.by_model[model]:
-            if s.routing != "down" and s.service_time is not None:
-                limit = s.effective_limit
-                capacity += limit
-                weighted += limit * s.service_time
-                fastest = min(fastest, s.service_time)
-        if capacity == 0:
+        """Seconds until a new request for ``model`` at ``priority`` would be done
+        (0 without queue control or observations)."""
+        if self.control is None:
             return 0.0
         ahead = self.queue.ahead_of(model, priority)
-        return (ahead + 1) / capacity * (weighted / capacity) + fastest
+        return predicted_done(self.control, self.by_model[model], ahead)[0]
 
     def leave(self, waiter: Waiter, outcome: str) -> None:
         """The caller stopped waiting (deadline or cancellation)."""
@@ -275,6 +271,8 @@ class Admission:
         if count:
             self.outcomes[result] += 1
         duration = now - lease.granted_at
+        if outcome == "success" or result == "deadline_exceeded":
+            slot.durations.observe(duration)
         if outcome == "success":
             prev = slot.service_time
             slot.service_time = (
@@ -439,6 +437,8 @@ class Admission:
     def _give(self, waiter: Waiter, slot: EndpointSlot, now: float) -> None:
         waiter.queued = False
         self.queued -= 1
+        if self.control is not None:
+            self.control.record_wait(waiter.predicted_wait, now - waiter.enqueued_at)
         waiter.lease = self._grant(
             slot, waiter.model, waiter.priority, waiter.deadline, now, waiter.enqueued_at
         )
@@ -466,7 +466,14 @@ class Admission:
                     return
                 self._refuse(refused, throttling.rejected(refused.model), "rejected")
                 continue
-            waiter = self.queue.best_fitting(slot.models, slot.endpoint.window_for)
+            if self.control is None:
+                waiter = self.queue.best_fitting(slot.models, slot.endpoint.window_for)
+            else:
+                peers = [p for p in self.slots if p is slot or set(p.models) & set(slot.models)]
+                decision = next_waiter(self.control, self.queue, slot, peers, now)
+                for refused, error in decision.refused:
+                    self._refuse(refused, error, "rejected")
+                waiter = decision.waiter
             if waiter is None:
                 return
             self._give(waiter, slot, now)

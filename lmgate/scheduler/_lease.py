@@ -233,6 +233,7 @@ class Waiter:
         "lease",
         "min_window",
         "model",
+        "predicted_wait",
         "priority",
         "queued",
     )
@@ -254,9 +255,21 @@ class Waiter:
         self.lease: Lease | None = None
         self.error: BaseException | None = None
         self.queued = True
+        #: The queue wait predicted when it joined (NaN: none).
+        self.predicted_wait = math.nan
         self._request: HookedRequest | None = None
         #: The smallest context window that can take its prompt (None: any).
         self.min_window = min_window
+
+    def take_error(self) -> BaseException | None:
+        """The refusal to raise, handed over once.
+
+        Raising it gives it a traceback that holds the caller's frames; a
+        waiter that still held it while it waits to be trimmed from the
+        queue's lines would keep those frames alive.
+        """
+        error, self.error = self.error, None
+        return error
 
     def __repr__(self) -> str:
         return f"<Waiter {self.model} priority={self.priority} queued={self.queued}>"

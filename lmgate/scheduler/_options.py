@@ -22,6 +22,7 @@ from lmgate._errors import InvalidParameter
 from lmgate._validate import check_float, check_int
 from lmgate.actors._resilience import Resilience
 from lmgate.actors._resources import Reader
+from lmgate.policies._queueing import QueueControl
 from lmgate.policies.resources import ResourceGuard
 
 __all__ = ["QueueOptions", "ResourceOptions", "split_legacy"]
@@ -41,10 +42,15 @@ class QueueOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     size: int = 1024
     aging: float = 10.0
+    control: QueueControl | None = QueueControl()
 
     def __post_init__(self) -> None:
         check_int("queue.size", self.size, low=0, high=10_000_000)
         check_float("queue.aging", self.aging, low=0.0, high=1e9)
+        if self.control is not None and not isinstance(self.control, QueueControl):
+            raise InvalidParameter(
+                "queue.control must be a QueueControl or None", field="queue.control"
+            )
 
 
 @final

@@ -7,12 +7,15 @@ request that has waited ``aging`` seconds per level overtake fresh arrivals,
 so nothing starves.  Because the rank never changes, a plain binary heap per
 model suffices; cancelled waiters are deleted lazily and the heap is
 compacted when dead entries pile up, keeping memory bounded by the queue
-size.
+size.  Arrival order per priority is kept too, for queue control: the
+newest of the most urgent priority (adaptive LIFO) and the oldest of the
+least urgent (what a standing queue sheds first).
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, final
 
@@ -26,13 +29,15 @@ __all__ = ["RequestQueue"]
 class RequestQueue:
     """Per-model heaps of waiters ordered by (rank, arrival sequence)."""
 
-    __slots__ = ("_by_priority", "_heaps", "_live", "_seq")
+    __slots__ = ("_arrivals", "_by_priority", "_heaps", "_live", "_seq")
 
     def __init__(self) -> None:
         self._heaps: dict[str, list[tuple[float, int, Waiter]]] = {}
         self._live: dict[str, int] = {}
         # model -> priority -> live count, to predict waits without a scan
         self._by_priority: dict[str, dict[int, int]] = {}
+        # model -> priority -> waiters in arrival order (dead ones lazily)
+        self._arrivals: dict[str, dict[int, deque[Waiter]]] = {}
         self._seq = 0
 
     def __len__(self) -> int:
@@ -57,6 +62,73 @@ class RequestQueue:
         self._live[model] = self._live.get(model, 0) + 1
         counts = self._by_priority.setdefault(model, {})
         counts[waiter.priority] = counts.get(waiter.priority, 0) + 1
+        by_priority = self._arrivals.setdefault(model, {})
+        line = by_priority.get(waiter.priority)
+        if line is None:
+            line = by_priority[waiter.priority] = deque()
+        line.append(waiter)
+        if len(line) > 2 * counts[waiter.priority] + 16:
+            by_priority[waiter.priority] = deque(w for w in line if w.queued)
+
+    def newest(self, models: Iterable[str]) -> Waiter | None:
+        """The newest waiter of the most urgent priority across ``models`` (left queued:
+        ``discard`` it to take it)."""
+        best: Waiter | None = None
+        for model in models:
+            counts = self._by_priority.get(model)
+            if not counts:
+                continue
+            line = self._arrivals[model][min(counts)]
+            while line and not line[-1].queued:
+                line.pop()
+            if line and (
+                best is None
+                or (line[-1].priority, -line[-1].enqueued_at) < (best.priority, -best.enqueued_at)
+            ):
+                best = line[-1]
+        return best
+
+    def expiring(self, models: Iterable[str], cutoff: float) -> list[Waiter]:
+        """Remove and return the waiters, oldest first per priority, whose deadline
+        falls before ``cutoff``; the scan stops at the first that does not (exact
+        when a client gives its requests one timeout)."""
+        out: list[Waiter] = []
+        for model in models:
+            lines = self._arrivals.get(model)
+            if not lines:
+                continue
+            for line in list(lines.values()):
+                while line and (not line[0].queued or line[0].deadline < cutoff):
+                    w = line.popleft()
+                    if w.queued:
+                        out.append(w)
+        for w in out:
+            self.take(w)
+        return out
+
+    def oldest_least_urgent(self, models: Iterable[str]) -> Waiter | None:
+        """Remove and return the oldest waiter of the least urgent priority across ``models``."""
+        best: Waiter | None = None
+        for model in models:
+            counts = self._by_priority.get(model)
+            if not counts:
+                continue
+            line = self._arrivals[model][max(counts)]
+            while line and not line[0].queued:
+                line.popleft()
+            if line and (
+                best is None
+                or (-line[0].priority, line[0].enqueued_at) < (-best.priority, best.enqueued_at)
+            ):
+                best = line[0]
+        if best is not None:
+            self.take(best)
+        return best
+
+    def take(self, waiter: Waiter) -> None:
+        """Remove a live waiter the caller is about to grant or refuse."""
+        waiter.queued = False
+        self.discard(waiter)
 
     def discard(self, waiter: Waiter) -> None:
         """Forget a waiter that left; its heap entry is dropped lazily."""
@@ -73,8 +145,16 @@ class RequestQueue:
         n = counts[priority] - 1
         if n:
             counts[priority] = n
+            # Dead waiters at either end go now: a finished waiter holds its lease
+            # and its error, which must not outlive the request by long.
+            line = self._arrivals[model][priority]
+            while line and not line[0].queued:
+                line.popleft()
+            while line and not line[-1].queued:
+                line.pop()
         else:
             del counts[priority]
+            del self._arrivals[model][priority]
 
     def _head(self, model: str) -> tuple[float, int, Waiter] | None:
         heap = self._heaps.get(model)
@@ -111,6 +191,7 @@ class RequestQueue:
             return None
         heapq.heappop(self._heaps[model])
         waiter = head[2]
+        waiter.queued = False  # the caller grants or refuses it at once
         self._live[model] -= 1
         self._uncount(model, waiter.priority)
         return waiter
@@ -125,6 +206,7 @@ class RequestQueue:
             while (w := self.pop(model)) is not None:
                 out.append(w)
         self._heaps.clear()
+        self._arrivals.clear()
         return out
 
     def heap_entries(self) -> int:
@@ -176,5 +258,5 @@ class RequestQueue:
         waiter = best[2]
         if self._heaps[waiter.model][0] is best:
             return self.pop(waiter.model)
-        self.discard(waiter)
+        self.take(waiter)
         return waiter

@@ -64,8 +64,8 @@ async def wait_granted(adm: Admission, waiter: Waiter) -> Lease:
         raise
     if waiter.lease is not None:
         return waiter.lease
-    if waiter.error is not None:
-        raise waiter.error
+    if (error := waiter.take_error()) is not None:
+        raise error
     adm.leave(waiter, "deadline_exceeded")
     raise DeadlineExceeded(f"no slot for {waiter.model!r} before the deadline")
 
@@ -161,8 +161,8 @@ async def run_call(
         with scope:
             if waiter is not None:
                 await waiter.event.wait()
-                if waiter.error is not None:
-                    raise waiter.error
+                if (error := waiter.take_error()) is not None:
+                    raise error
                 lease = waiter.lease
             assert lease is not None
             lease._scope = scope

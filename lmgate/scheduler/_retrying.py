@@ -144,8 +144,8 @@ class Retrying:
                 with scope:
                     if waiter is not None:
                         await waiter.event.wait()
-                        if waiter.error is not None:
-                            raise waiter.error
+                        if (error := waiter.take_error()) is not None:
+                            raise error
                         lease = waiter.lease
                     assert lease is not None
                     if sched._coordinator is not None:

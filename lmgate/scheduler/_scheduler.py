@@ -157,7 +157,9 @@ class Scheduler:
                 state = policy.build()
             self._limit_states.append(state)
             slots.append(EndpointSlot(i, ep, state.limit, None))
-        self._admission = Admission(slots, queue_size=self._queue_size, aging=self._aging)
+        self._admission = Admission(
+            slots, queue_size=self._queue_size, aging=self._aging, control=queue.control
+        )
         self._actors: list[EndpointActor] = []
         self._controller: AdmissionController | None = None
         self._tg: anyio.abc.TaskGroup | None = None

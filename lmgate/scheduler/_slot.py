@@ -15,6 +15,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from lmgate._endpoint import Endpoint, EndpointRef
 from lmgate.actors._messages import EndpointMessage, Routing
+from lmgate.policies._queueing import ServiceWindow
 
 __all__ = ["EndpointSlot", "window_fits"]
 
@@ -25,6 +26,7 @@ class EndpointSlot:
 
     __slots__ = (
         "dropped_samples",
+        "durations",
         "endpoint",
         "feedback",
         "in_flight",
@@ -67,6 +69,8 @@ class EndpointSlot:
         self.state = "healthy"
         self.trials: int | None = None
         self.service_time: float | None = None
+        #: Recent service durations (completed, or cut by their deadline).
+        self.durations = ServiceWindow()
         self.feedback = feedback
         self.dropped_samples = 0
         # Optional client-side throttle: returns True to refuse a request now.

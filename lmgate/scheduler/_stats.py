@@ -123,7 +123,7 @@ def snapshot(
                 name=slot.endpoint.name,
                 url=a.url if a else slot.endpoint.url,
                 kind=slot.endpoint.kind,
-                models=slot.models,
+                models=tuple(slot.models),
                 state=slot.state,
                 routing=slot.routing,
                 limit=slot.limit,

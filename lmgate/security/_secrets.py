@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, NoReturn, final
@@ -21,7 +22,16 @@ from urllib.parse import quote
 
 from lmgate._errors import InvalidParameter
 
-__all__ = ["MASK", "RedactingFilter", "Secret", "SecretStr", "redact", "resolve_api_key"]
+__all__ = [
+    "MASK",
+    "RedactingFilter",
+    "Secret",
+    "SecretStr",
+    "guard_http_logs",
+    "redact",
+    "resolve_api_key",
+    "scrub_userinfo",
+]
 
 MASK: Final = "**********"
 _MAX_LEN = 16 * 1024
@@ -176,8 +186,18 @@ def _variants(secret: SecretStr | str) -> set[str]:
     return {value, quote(value, safe=""), quote(value, safe="/")}
 
 
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#]+@")
+
+
+def scrub_userinfo(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it masked."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text) if "@" in text else text
+
+
 def redact(text: str, secrets: Iterable[SecretStr | str]) -> str:
-    """``text`` with every known secret (and its URL-encoded form) masked."""
+    """``text`` with every known secret (and its URL-encoded form) masked,
+    and the credentials part of any URL in it."""
+    text = scrub_userinfo(text)
     values: set[str] = set()
     for s in secrets:
         values |= _variants(s)
@@ -212,8 +232,6 @@ class RedactingFilter(logging.Filter):
             self._secrets.popitem(last=False)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
         secrets = list(self._secrets)
         try:
             message = record.getMessage()
@@ -232,3 +250,31 @@ class RedactingFilter(logging.Filter):
 
     def __repr__(self) -> str:
         return f"<RedactingFilter secrets={len(self._secrets)}>"
+
+
+#: The HTTP client's loggers; a filter on a logger sees only the records
+#: logged on that very logger, so each is named.
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+)
+_HTTP_FILTER: RedactingFilter | None = None
+
+
+def guard_http_logs(secret: SecretStr | None = None) -> None:
+    """Scrub URL credentials (and ``secret``) from httpx's and httpcore's log records.
+
+    httpx logs every request's URL at INFO, userinfo included, before any
+    handler of the user's could filter it.  Called when an endpoint or a
+    probe is given credentials; installs one filter, once.
+    """
+    global _HTTP_FILTER
+    if _HTTP_FILTER is None:
+        _HTTP_FILTER = RedactingFilter()
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(_HTTP_FILTER)
+    if secret is not None:
+        _HTTP_FILTER.add(secret)

@@ -14,11 +14,14 @@ import anyio
 from lmgate._endpoint import Endpoint, ProbeReport
 from lmgate.policies._health import url_port
 from lmgate.sim._model import SimServer
+from lmgate.sim._stepped import SteppedServer
 
 __all__ = ["sim_health"]
 
 
-def sim_health(servers: Mapping[str, SimServer]) -> Callable[[Endpoint], Awaitable[ProbeReport]]:
+def sim_health(
+    servers: Mapping[str, SimServer | SteppedServer],
+) -> Callable[[Endpoint], Awaitable[ProbeReport]]:
     """An ``Endpoint(health=...)`` check for endpoints named after ``servers``' keys."""
 
     async def check(ep: Endpoint) -> ProbeReport:

@@ -23,6 +23,7 @@ from lmgate.sim._config import SimConfig
 from lmgate.sim._dist import Dist
 from lmgate.sim._faults import FaultSchedule, FaultStep
 from lmgate.sim._model import SimServer
+from lmgate.sim._stepped import EngineConfig, SteppedServer
 
 __all__ = ["ClientSpec", "Phase", "Scenario", "list_scenarios", "load_scenario"]
 
@@ -102,8 +103,10 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     name: str
     duration: float
-    servers: tuple[SimConfig, ...]
-    clients: tuple[ClientSpec, ...]
+    servers: tuple[SimConfig, ...] = ()
+    clients: tuple[ClientSpec, ...] = ()
+    #: Servers that step like vLLM, llama.cpp or Ollama (``lmgate.sim._stepped``).
+    engines: tuple[EngineConfig, ...] = ()
     events: tuple[FaultStep, ...] = ()
     description: str = ""
     seed: int = 0
@@ -111,9 +114,9 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def __post_init__(self) -> None:
         check_float("duration", self.duration, low=0.0, low_open=True)
         check_int("seed", self.seed, low=0)
-        if not self.servers:
+        if not self.servers and not self.engines:
             raise InvalidParameter("a scenario needs at least one server", field="servers")
-        names = [s.name for s in self.servers]
+        names = [s.name for s in (*self.servers, *self.engines)]
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise InvalidParameter(f"server name {name!r} repeats", field=f"servers[{i}].name")
@@ -141,18 +144,21 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         elif target not in names:
             raise InvalidParameter(f"no server named {target!r}", field=field)
 
-    def server(self, name: str | None = None) -> SimConfig:
+    def server(self, name: str | None = None) -> SimConfig | EngineConfig:
         """The config of server ``name`` (of the only one when None)."""
+        every = (*self.servers, *self.engines)
         if name is None:
-            return self.servers[0]
-        for config in self.servers:
+            return every[0]
+        for config in every:
             if config.name == name:
                 return config
         raise InvalidParameter(f"no server named {name!r}", field="name")
 
-    def build_servers(self) -> dict[str, SimServer]:
+    def build_servers(self) -> dict[str, SimServer | SteppedServer]:
         """A fresh simulated server for each configured one, by name."""
-        return {config.name: SimServer(config) for config in self.servers}
+        out: dict[str, SimServer | SteppedServer] = {c.name: SimServer(c) for c in self.servers}
+        out.update({c.name: SteppedServer(c) for c in self.engines})
+        return out
 
     def schedule(self, server: str | None = None) -> FaultSchedule:
         """The fault schedule for server ``server`` (the only one when None)."""

@@ -10,6 +10,7 @@ security; it sees the scheduler only through the ``LeaseSource`` protocol.
 """
 
 from lmgate.transports._errors import error_from_response, error_message, parse_retry_after
+from lmgate.transports._leased import StreamDeadlineExceeded, StreamReclaimed
 from lmgate.transports._ollama import ollama_chat, ollama_stream
 from lmgate.transports._openai import ChatResult, openai_chat, openai_stream, raise_for_response
 from lmgate.transports._options import RequestOptions, current_options, request_options
@@ -25,6 +26,8 @@ __all__ = [
     "RequestOptions",
     "SchedulingTransport",
     "SchedulingTransportStatistics",
+    "StreamDeadlineExceeded",
+    "StreamReclaimed",
     "current_options",
     "error_from_response",
     "error_message",

@@ -65,11 +65,23 @@ class StreamOwner(Protocol):
     def estimator(self, endpoint: str) -> TokenEstimator: ...
 
 
-__all__ = ["LeaseLike", "LeasedStream", "StreamOwner", "StreamReclaimed"]
+__all__ = ["LeaseLike", "LeasedStream", "StreamDeadlineExceeded", "StreamOwner", "StreamReclaimed"]
 
 
 class StreamReclaimed(LmgateError):
     """The scheduler took the stream's slot back (its task ended, or nobody read it)."""
+
+
+class StreamDeadlineExceeded(LmgateError, httpx.ReadTimeout):
+    """The request's deadline passed while its response was being streamed.
+
+    Deliberately not a ``TimeoutError``: frameworks wrap each chunk read in
+    their own per-chunk timeout and take any ``TimeoutError`` escaping it
+    for theirs (langchain-openai reports "no streaming chunk received for
+    120 s" after 0.2 s).  As an ``httpx.ReadTimeout`` it is what an httpx
+    transport raises when a read runs out of time, and it names lmgate's
+    deadline.  The lease is recorded as ``deadline_exceeded`` all the same.
+    """
 
 
 class LeasedStream(httpx.AsyncByteStream):
@@ -139,7 +151,9 @@ class LeasedStream(httpx.AsyncByteStream):
             name = self._lease.endpoint.name
             err = DeadlineExceeded(f"deadline passed while reading from {name}")
             self._finish(err)
-            raise err
+            raise StreamDeadlineExceeded(
+                f"lmgate's deadline for this request passed while streaming from {name}"
+            ) from err
         if chunk:
             if self._first:
                 self._first = False
@@ -172,7 +186,8 @@ class LeasedStream(httpx.AsyncByteStream):
             return None
         self._reclaimed = reason
         if reason == "deadline":
-            self._finish(self._reclaim_error())
+            name = self._lease.endpoint.name
+            self._finish(DeadlineExceeded(f"deadline passed with the stream from {name} open"))
         else:
             self._finish(None)
         return self._close_response
@@ -180,7 +195,9 @@ class LeasedStream(httpx.AsyncByteStream):
     def _reclaim_error(self) -> LmgateError:
         name = self._lease.endpoint.name
         if self._reclaimed == "deadline":
-            return DeadlineExceeded(f"deadline passed with the stream from {name} still open")
+            return StreamDeadlineExceeded(
+                f"lmgate's deadline for this request passed with the stream from {name} open"
+            )
         if self._reclaimed == "idle":
             return StreamReclaimed(
                 f"the stream from {name} was not read for {self._idle} s: its slot was reclaimed"

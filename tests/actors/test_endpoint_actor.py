@@ -19,7 +19,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import lmgate.actors._endpoint as actor_module
@@ -531,6 +531,12 @@ _STEP = st.one_of(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(_STEP, min_size=1, max_size=40))
+# An open time that ends inside a longer hold: the state moves to held by time alone.
+@example(
+    steps=[("sleep", 0.1)]
+    + [("sample", o, False, None) for o in ("success", "success", "error", "error")]
+    + [("sample", "loading", False, None), ("sample", "error", False, None), ("sleep", 1.0)]
+)
 def test_routing_always_follows_the_breaker(steps: list[tuple[Any, ...]]) -> None:
     """After every step the last routing told to admission is the breaker's state's routing."""
 
@@ -556,6 +562,11 @@ def test_routing_always_follows_the_breaker(steps: list[tuple[Any, ...]]) -> Non
                 last = rig.states()[-1] if rig.states() else (0.0, "up", "healthy", None)
                 assert (last[3] is not None) == (state == "half_open")
                 states = rig.states()
-                assert all(a[1:] != b[1:] for a, b in itertools.pairwise(states))
+                # No state is told twice in a row, except half-open trials: a failed
+                # trial makes admission stop granting, and the actor says the trials
+                # again on purpose (``force``), whatever the breaker made of it.
+                assert all(
+                    a[1:] != b[1:] or a[2] == "half_open" for a, b in itertools.pairwise(states)
+                )
 
     trio.run(program, clock=trio.testing.MockClock(autojump_threshold=0))

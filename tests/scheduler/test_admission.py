@@ -24,7 +24,7 @@ from lmgate import (
     ResourceOptions,
     SchedulerClosed,
 )
-from lmgate.policies import Fixed, Sample
+from lmgate.policies import Fixed, QueueControl, Sample
 from lmgate.scheduler import Lease, Scheduler
 from lmgate.scheduler._admission import Admission
 from lmgate.scheduler._lease import Waiter
@@ -57,14 +57,19 @@ def _ep(name: str, *models: str) -> Endpoint:
 
 
 def _admission(
-    *specs: tuple[str, tuple[str, ...], int], queue_size: int = 100, aging: float = 10.0
+    *specs: tuple[str, tuple[str, ...], int],
+    queue_size: int = 100,
+    aging: float = 10.0,
+    control: QueueControl | None = None,
 ) -> tuple[Admission, FakeClock]:
     clock = FakeClock()
     slots = [
         EndpointSlot(i, _ep(name, *models), limit, None)
         for i, (name, models, limit) in enumerate(specs)
     ]
-    adm = Admission(slots, queue_size=queue_size, aging=aging, clock=clock, new_event=FakeEvent)
+    adm = Admission(
+        slots, queue_size=queue_size, aging=aging, clock=clock, new_event=FakeEvent, control=control
+    )
     return adm, clock
 
 
@@ -149,26 +154,53 @@ def test_zero_queue_size_rejects_whenever_busy() -> None:
 
 def test_predicted_wait_refuses_hopeless_deadlines() -> None:
     """With a 2 s service time observed, a deadline the queue plus the call overrun is refused."""
+    adm, clock = _admission(("a", ("m",), 1), control=QueueControl())
+    first = grant(adm, clock)
+    clock.now = 2.0
+    adm.finish(first, None)
+    assert adm.slots[0].durations.quantile(0.5) == 2.0
+    grant(adm, clock)
+    # No wait can be known to be hopeless without a deadline...
+    queue(adm, clock)
+    # ...one that fits (1.5 ahead / limit 1 * 2 s queued, then 2 s served = 5 s) is queued...
+    queue(adm, clock, deadline=clock.now + 5.5)
+    # ...one that does not (2.5 * 2 s + 2 s = 7 s) is refused now, not left to expire.
+    with pytest.raises(Rejected) as info:
+        adm.submit("m", 0, clock.now + 6.5, clock.now)
+    assert info.value.reason == "deadline"
+    check(adm)
+    assert adm.outcomes["rejected"] == 1
+    # A more urgent request only waits behind its own priority and better (1 s + 2 s).
+    queue(adm, clock, priority=-1, deadline=clock.now + 3.5)
+    with pytest.raises(Rejected):
+        adm.submit("m", -1, clock.now + 4.5, clock.now)
+    assert adm.predicted_wait("m", 0) == pytest.approx(3.5 * 2 + 2)  # three ahead
+
+
+def test_without_queue_control_nothing_is_refused_on_a_forecast() -> None:
     adm, clock = _admission(("a", ("m",), 1))
     first = grant(adm, clock)
     clock.now = 2.0
     adm.finish(first, None)
-    assert adm.slots[0].service_time == 2.0
     grant(adm, clock)
-    # No wait can be known to be hopeless without a deadline...
-    queue(adm, clock)
-    # ...one that fits (2 ahead / limit 1 * 2 s queued, then 2 s served = 6 s) is queued...
-    queue(adm, clock, deadline=clock.now + 6.5)
-    # ...one that does not (3 * 2 s + 2 s = 8 s) is refused now, not left to expire.
-    with pytest.raises(Rejected) as info:
-        adm.submit("m", 0, clock.now + 7.5, clock.now)
-    assert info.value.reason == "deadline"
+    queue(adm, clock, deadline=clock.now + 0.1)
+    assert adm.predicted_wait("m", 0) == 0.0
+
+
+def test_a_freed_slot_skips_a_request_that_can_no_longer_make_it() -> None:
+    adm, clock = _admission(("a", ("m",), 1), control=QueueControl())
+    first = grant(adm, clock)
+    clock.now = 2.0
+    adm.finish(first, None)  # 2 s observed
+    running = grant(adm, clock)
+    doomed = queue(adm, clock, deadline=clock.now + 5.0)
+    fine = queue(adm, clock, deadline=clock.now + 100.0)
+    clock.now += 4.0  # 1 s left for doomed: less than a service
+    adm.finish(running, None)
+    assert isinstance(doomed.error, Rejected)
+    assert doomed.error.reason == "deadline"
+    assert fine.lease is not None
     check(adm)
-    assert adm.outcomes["rejected"] == 1
-    # A more urgent request only waits behind its own priority and better (2 s + 2 s).
-    queue(adm, clock, priority=-1, deadline=clock.now + 4.5)
-    with pytest.raises(Rejected):
-        adm.submit("m", -1, clock.now + 5.5, clock.now)
 
 
 def test_no_observation_no_refusal() -> None:

@@ -19,7 +19,7 @@ from lmgate._errors import (
     Rejected,
 )
 from lmgate.sim.http._app import SimHTTPConfig, sim_transport
-from lmgate.transports import SchedulingTransport
+from lmgate.transports import SchedulingTransport, StreamDeadlineExceeded
 
 from ._standin import StandInScheduler
 
@@ -287,17 +287,21 @@ async def test_mid_stream_failure_releases_with_the_error() -> None:
 
 
 def test_deadline_enforced_while_streaming(virtual_backend: tuple[str, dict[str, Any]]) -> None:
-    """A stream still running at the lease deadline ends with DeadlineExceeded."""
+    """A stream still running at the lease deadline ends with StreamDeadlineExceeded,
+    which is no ``TimeoutError`` (frameworks take those for their own)."""
     sched = StandInScheduler([endpoint()])
     slow = sim_transport(SimHTTPConfig(models=("m",), token_time=1.0, max_tokens=100))
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=SchedulingTransport(sched, slow)) as client:
             start = anyio.current_time()
-            with pytest.raises(DeadlineExceeded):
+            with pytest.raises(StreamDeadlineExceeded) as caught:
                 await drain(
                     client, json={**CHAT, "stream": True}, headers={"x-lmgate-timeout": "10"}
                 )
+            assert not isinstance(caught.value, TimeoutError)
+            assert isinstance(caught.value, httpx.TimeoutException)
+            assert isinstance(caught.value.__cause__, DeadlineExceeded)
             assert anyio.current_time() - start == pytest.approx(10.0)
 
     backend, options = virtual_backend

@@ -23,7 +23,9 @@ from _virtual import VirtualClockLoop
 
 import lmgate
 from lmgate import Endpoint, Fixed, QueueOptions, Scheduler
-from lmgate.sim.http import SimHTTPConfig, SimHTTPServer
+from lmgate.sim.http import SimHTTPServer
+
+from ._live import live_server, until
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 #: The openai SDK's stream decoder leaves async generators for trio to warn
@@ -33,16 +35,8 @@ asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 @pytest.fixture
 async def server() -> AsyncIterator[SimHTTPServer]:
-    config = SimHTTPConfig(kind="llamacpp", models=("m",), slots=8, token_time=0.02)
-    async with SimHTTPServer(config) as s:
+    async with live_server() as s:
         yield s
-
-
-async def _until(predicate: Any, within: float) -> None:
-    """Wait (real time, bounded) until ``predicate()`` holds; a liveness bound, not a timing."""
-    with anyio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 -- the state polled is the scheduler's
-            await anyio.sleep(0.02)
 
 
 @pytest.mark.anyio
@@ -69,7 +63,7 @@ async def test_cancel_inside_async_for_gives_slots_back(server: SimHTTPServer) -
             task.cancel()
         kept = await asyncio.gather(*tasks, return_exceptions=True)  # exceptions stay referenced
         assert all(isinstance(e, asyncio.CancelledError) for e in kept)
-        await _until(lambda: sched.stats().in_flight == 0, within=2.0)
+        await until(lambda: sched.stats().in_flight == 0, within=2.0)
         # The scheduler is not wedged: 20 more calls all complete.
         done = await asyncio.gather(
             *[
@@ -100,7 +94,7 @@ async def test_a_stream_left_unread_is_reclaimed_at_its_deadline(server: SimHTTP
         chunks = stream.__aiter__()
         await chunks.__anext__()
         assert sched.stats().in_flight == 1
-        await _until(lambda: sched.stats().in_flight == 0, within=3.0)
+        await until(lambda: sched.stats().in_flight == 0, within=3.0)
         assert sched.stats().outcomes["deadline_exceeded"] == 1
         # The slot is usable again at once.
         r = await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=2)
@@ -119,7 +113,7 @@ async def test_a_stream_not_read_for_stream_idle_is_reclaimed(server: SimHTTPSer
             model="m", messages=MESSAGES, max_tokens=5000, stream=True
         )
         await stream.__aiter__().__anext__()
-        await _until(lambda: sched.stats().in_flight == 0, within=3.0)
+        await until(lambda: sched.stats().in_flight == 0, within=3.0)
         assert sched.stats().outcomes["cancelled"] == 1
         await client.close()
 
@@ -316,3 +310,27 @@ async def test_url_credentials_never_show_and_401_bodies_are_scrubbed() -> None:
     with pytest.raises(lmgate.InvalidParameter) as info:
         Endpoint("e", "http://alice:PASSWORD@gpu:99999/v1", models=["m"])
     assert "PASSWORD" not in str(info.value)
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_url_passwords_never_reach_httpx_log_lines(
+    server: SimHTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx logs each request's URL; a probe of a URL with userinfo must not show it."""
+    import logging
+
+    from lmgate.detect import probe
+
+    caplog.set_level(logging.DEBUG)
+    url = server.url.replace("http://", "http://alice:PASSWORD@") + "/v1"
+    await probe(url, refresh=True, timeout=2.0)
+    ep = Endpoint("e", url, models=["m"])
+    async with Scheduler([ep]) as sched:
+        client = lmgate.openai_client(sched, max_retries=0)
+        await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=2)
+        await client.close()
+    http_records = [r for r in caplog.records if r.name.startswith(("httpx", "httpcore"))]
+    assert any("HTTP Request" in r.getMessage() for r in http_records)
+    for record in caplog.records:
+        assert "PASSWORD" not in record.getMessage(), record.name

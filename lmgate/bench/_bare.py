@@ -1,0 +1,100 @@
+"""The baseline a user could write instead of lmgate: a bare limiter with shedding.
+
+``anyio.CapacityLimiter(n)`` per server, an arrival refused at once when
+more than ``shed * n`` requests already wait for it, and the request's
+timeout around the wait and the call -- about ten lines.  It runs the same
+scenario, servers, load and fault schedule as :func:`~lmgate.bench._run.
+run_scenario`, and leaves the same kind of trace, so the benchmark can put
+lmgate's figures next to it.  If it wins, lmgate loses.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import anyio
+
+from lmgate.bench._run import Record, Trace
+from lmgate.sim._faults import run_schedule
+from lmgate.sim._load import LoadRequest, run_load
+from lmgate.sim._scenarios import Scenario
+
+__all__ = ["run_bare"]
+
+
+class _Lease:
+    """What a simulated server needs of a lease: somewhere to report sizes."""
+
+    def report(self, **_: object) -> None:
+        pass
+
+
+async def run_bare(scenario: Scenario, limit: int, *, shed: float = 2.0) -> Trace:
+    """Run ``scenario`` through bare limiters of ``limit`` each (no scheduler)."""
+    servers = scenario.build_servers()
+    limiters = {name: anyio.CapacityLimiter(limit) for name in servers}
+    waiting = dict.fromkeys(servers, 0)
+    records: list[Record] = []
+    t0 = anyio.current_time()
+    lease = _Lease()
+
+    def pick(request: LoadRequest) -> str:
+        if request.server is not None:
+            return request.server
+        return min(servers, key=lambda n: (waiting[n] + limiters[n].borrowed_tokens, n))
+
+    async def submit(request: LoadRequest) -> None:
+        name = pick(request)
+        limiter = limiters[name]
+        issued = request.issued_at - t0
+        granted = math.nan
+        kind = "deadline"
+        if limiter.available_tokens == 0 and waiting[name] >= shed * limit:
+            records.append(Record(request.client, issued, granted, issued, "rejected"))
+            return
+        timeout = math.inf if request.timeout is None else request.timeout
+        waiting[name] += 1
+        queued = True
+        try:
+            with anyio.move_on_at(request.issued_at + timeout):
+                async with limiter:
+                    waiting[name] -= 1
+                    queued = False
+                    granted = anyio.current_time() - t0
+                    await servers[name].serve(
+                        lease,
+                        prompt_tokens=request.prompt_tokens,
+                        output_tokens=request.output_tokens,
+                    )
+                    kind = "completed"
+        except Exception:
+            kind = "failed"
+        finally:
+            if queued:
+                waiting[name] -= 1
+        records.append(Record(request.client, issued, granted, anyio.current_time() - t0, kind))
+
+    async with anyio.create_task_group() as tg:
+        for server_name, server in servers.items():
+            tg.start_soon(partial(run_schedule, start=t0), server, scenario.schedule(server_name))
+        await run_load(
+            submit, scenario.clients, duration=scenario.duration, seed=scenario.seed, drain=False
+        )
+        tg.cancel_scope.cancel()
+    outcomes: dict[str, int] = {}
+    for r in records:
+        outcomes[r.kind] = outcomes.get(r.kind, 0) + 1
+    n = int(scenario.duration)
+    return Trace(
+        scenario=scenario.name,
+        policy=f"bare-{limit}",
+        duration=scenario.duration,
+        records=tuple(sorted(records, key=lambda r: (r.ended, r.issued))),
+        times=tuple(float(i + 1) for i in range(n)),
+        limits=(limit * len(servers),) * n,
+        in_flight=(0,) * n,
+        probing=(0,) * n,
+        outcomes=outcomes,
+        grants_over_limit=0,
+    )
