@@ -11,18 +11,32 @@ limits and keeps a step only when it is worth it.  With latency ratio ``r``
 between a step and the held limit, ``e = ln r / ln(step / limit)`` is the
 latency elasticity: near 0 below a knee (batching is free), 1 or more past
 it (every extra request only waits).  An up-step is kept when ``e <
-elasticity``, a down-step when ``e > elasticity``.
+elasticity``, a down-step when ``e > down_elasticity`` (by default a little
+more than ``elasticity``): between the two nothing moves, so a measurement
+that lands near the threshold cannot undo the step before it.
 
 Latency is read per request, normalised so output length cannot pass for
 load: a window's reference holds the median time to first token (divided by
 ``1 + prompt_tokens / prompt_scale``), time per output token after the
 first, time per token and raw duration, and each request is compared with
 the duration the reference predicts for its own sizes, from the most
-specific figures both have.  Cancelled, client-error and loading outcomes
-are not samples.  Overload, error and timeout are drops, never latencies:
-the first drop of a request granted since the last cut cuts the limit by
-``backoff`` at once, so a fast failure can neither look healthy nor cut
-twice for one overload.  A timeout alone is weaker news: a request that
+specific figures both have.  A window's ratio is the mean of the logs of
+those comparisons, one outlier at each end dropped: past a hard knee only
+the few requests that queue get slower, which a median would not see.
+Requests of one server differ by tens of per cent even after their sizes
+are allowed for, so a window that decides a step stays open (up to
+``max_window_samples``) until the standard error of the elasticity it
+measures is under ``precision``; a quiet server decides in
+``window_samples``, a noisy one takes the samples it needs.  Calls faster
+than ``min_latency`` (no model behind them) carry no latency signal: their
+steps count as free and their latency never reads as a shift.
+
+Cancelled, client-error and loading outcomes are not samples.  Overload,
+error and timeout are drops, never latencies: the first drop of a request
+granted since the last cut, under a limit no higher than today's, cuts the
+limit by ``backoff`` at once, so a fast failure can neither look healthy nor
+cut twice for one overload (a burst of 503s from requests the old limit let
+in is one overload, not one per request).  A timeout alone is weaker news: a request that
 ran into its caller's deadline may have spent that deadline queueing, or
 be writing a long answer.  It cuts only once timeouts make up
 ``timeout_share`` of the last few finished requests (``timeout_share`` 0:
@@ -33,8 +47,12 @@ How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
 
 - *Startup*: the limit multiplies by ``startup_factor`` while that is nearly
   free (elasticity under a third of ``elasticity``), then goes on in routine
-  steps; the first refusal starts a run of down-steps at once.  A step the
-  client cannot fill, a shift or a cut ends it.
+  steps.  A doubling is kept only while under half of ``elasticity``: its
+  elasticity is an average over a wide span, which hides a hard knee inside
+  it.  One that fails below ``elasticity`` starts a routine run up from the
+  old limit at once (the knee lies within the doubling); one that fails
+  above it, a run down (the old limit may be past the knee already).  A step
+  the client cannot fill, a shift or a cut ends startup.
 - *Probes*: every ``probe_interval`` seconds, give or take ``probe_jitter``
   (drawn from a generator seeded by ``seed``), it steps by ``probe_step`` of
   itself (at least one slot), alternately up and down -- up only when the
@@ -47,7 +65,10 @@ How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
   against windows at the held limit both before and after it, so a drift
   in latency cancels out.  After a cut, or a step the client could not
   fill, the next probe comes four times sooner: a cut that was noise is
-  soon undone, and a client that grows is followed.
+  soon undone, and a client that grows is followed.  After a run up the
+  next probe, downwards, waits twice as long: a down-step costs throughput
+  while it is measured, and a limit a little past the knee costs only some
+  queueing at the server.
 - *Shifts*: a steady window whose latency moved more than ``1 + jump``
   times from the reference means the server changed.  It is not a cut --
   a server that got uniformly slower still wants the same concurrency --
@@ -67,434 +88,21 @@ and would hold back the steps it measures.
 
 from __future__ import annotations
 
-import math
-import random
-from collections import deque
-from typing import Final, final
+from typing import final
 
-import msgspec
-
-from lmgate._errors import InvalidParameter
-from lmgate._validate import check_float, check_int
-from lmgate.policies._limit import LimitStatistics
-from lmgate.policies._sample import Sample
-from lmgate.policies._windows import (
-    DROPS,
-    Profile,
-    Reading,
-    blend,
-    latency_ratio,
-    profile_of,
-    read_sample,
-)
+from lmgate.policies._adaptive_settings import AdaptiveSettings
+from lmgate.policies._adaptive_state import AdaptiveState
 
 __all__ = ["Adaptive", "AdaptiveState"]
 
-_NAN: Final = math.nan
-#: Finished requests (successes and timeouts) over which timeouts are counted.
-_TIMEOUT_SPAN: Final = 32
-
 
 @final
-class Adaptive(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Settings of lmgate's default limit; :meth:`build` makes one endpoint's state.
+class Adaptive(AdaptiveSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """lmgate's default limit; :meth:`build` makes one endpoint's state.
 
-    ``window`` and ``window_samples`` are the least time and fresh samples a
-    measurement takes; ``probe_timeout`` abandons a probe that gets no
-    samples (the client went quiet).
+    Every setting, with its bounds, is on :class:`AdaptiveSettings`; the
+    module docstring says what each does to the limit.
     """
-
-    initial_limit: int = 8
-    min_limit: int = 1
-    max_limit: int = 256
-    elasticity: float = 0.6
-    probe_step: float = 0.0625
-    probe_interval: float = 60.0
-    probe_jitter: float = 0.25
-    probe_timeout: float = 120.0
-    startup_factor: float = 2.0
-    settle: float = 1.0
-    jump: float = 0.25
-    backoff: float = 0.9
-    timeout_share: float = 0.5
-    smoothing: float = 0.2
-    window: float = 1.0
-    window_samples: int = 8
-    max_window_samples: int = 256
-    prompt_scale: float = 1024.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_int("min_limit", self.min_limit, low=1, high=1_000_000)
-        check_int("max_limit", self.max_limit, low=self.min_limit, high=1_000_000)
-        check_int("initial_limit", self.initial_limit, low=self.min_limit, high=self.max_limit)
-        check_float("elasticity", self.elasticity, low=0.0, low_open=True, high=1.0)
-        check_float("probe_step", self.probe_step, low=0.0, low_open=True, high=1.0)
-        check_float("probe_interval", self.probe_interval, low=0.0, high=86_400.0)
-        check_float("probe_jitter", self.probe_jitter, low=0.0, high=0.99)
-        check_float("probe_timeout", self.probe_timeout, low=0.0, low_open=True, high=86_400.0)
-        check_float("startup_factor", self.startup_factor, low=1.0, high=100.0)
-        check_float("settle", self.settle, low=0.0, high=100.0)
-        check_float("jump", self.jump, low=0.0, low_open=True, high=100.0)
-        check_float("backoff", self.backoff, low=0.1)
-        if self.backoff >= 1.0:
-            raise InvalidParameter("backoff must be < 1", field="backoff")
-        check_float("timeout_share", self.timeout_share, low=0.0, high=1.0)
-        check_float("smoothing", self.smoothing, low=0.0, high=1.0)
-        check_float("window", self.window, low=0.0, high=3600.0)
-        check_int("window_samples", self.window_samples, low=1, high=100_000)
-        check_int(
-            "max_window_samples", self.max_window_samples, low=self.window_samples, high=100_000
-        )
-        check_float("prompt_scale", self.prompt_scale, low=0.0, high=1e9)
-        check_int("seed", self.seed, low=0)
 
     def build(self) -> AdaptiveState:
         return AdaptiveState(self)
-
-
-@final
-class AdaptiveState:
-    """One endpoint's limit under :class:`Adaptive`."""
-
-    __slots__ = (
-        "_before",
-        "_bisecting",
-        "_config",
-        "_counts",
-        "_cut_epoch",
-        "_direction",
-        "_epoch",
-        "_limit",
-        "_next_probe",
-        "_now",
-        "_obs",
-        "_pending",
-        "_probe_level",
-        "_ratio",
-        "_recent",
-        "_ref",
-        "_rng",
-        "_run",
-        "_startup",
-        "_step",
-        "_turn",
-        "_urgent",
-        "_window_start",
-    )
-
-    def __init__(self, config: Adaptive) -> None:
-        self._config = config
-        self._rng = random.Random(config.seed)
-        self._limit = config.initial_limit
-        self._probe_level = 0  # the step being measured; 0 while holding
-        self._pending: tuple[int, list[Reading], Profile] | None = None
-        self._direction = 1
-        self._step = 1
-        self._run = 0  # steps kept in a row in the current direction
-        self._startup = True
-        self._urgent = False  # the next run follows a shift: no bracketing
-        self._bisecting = False  # a run's grown step overshot: its steps now halve
-        self._turn = False  # a shift's run turns round if its first step fails
-        self._ref: Profile | None = None  # steady reference, averaged
-        self._before: Profile | None = None  # the latest window at the held limit
-        self._ratio = _NAN
-        self._now = -math.inf
-        self._next_probe = -math.inf
-        self._epoch = -math.inf
-        self._cut_epoch = -math.inf
-        self._window_start = -math.inf
-        self._obs: list[Reading] = []
-        self._recent: deque[bool] = deque(maxlen=_TIMEOUT_SPAN)  # True: a timeout
-        self._counts = dict.fromkeys(
-            ("samples", "drops", "windows", "cuts", "shifts", "probes", "kept", "aborted"), 0
-        )
-
-    @property
-    def limit(self) -> int:
-        return self._probe_level or self._limit
-
-    def _clock(self, now: float) -> float:
-        if math.isfinite(now) and now > self._now:
-            self._now = now
-        return self._now
-
-    def update(self, sample: Sample, now: float) -> int:
-        now = self._clock(now)
-        outcome = sample.outcome
-        if outcome in DROPS:
-            self._counts["samples"] += 1
-            self._counts["drops"] += 1
-            fresh = sample.start >= self._cut_epoch
-            if fresh and (outcome != "timeout" or self._timeouts_pile_up()):
-                self._cut(now)
-            return self.limit
-        if outcome != "success":
-            return self.limit
-        self._counts["samples"] += 1
-        self._recent.append(False)
-        obs = read_sample(sample, self._config.prompt_scale)
-        if obs is None or sample.start < self._epoch or obs.in_flight > self.limit:
-            return self.limit
-        self._obs.append(obs)
-        self._maybe_close(now)  # closes at max_window_samples at the latest
-        return self.limit
-
-    def tick(self, now: float) -> int:
-        now = self._clock(now)
-        probing = self._probe_level or self._pending is not None
-        if probing and now - self._window_start > self._config.probe_timeout:
-            self._abort(now)
-        self._maybe_close(now)
-        return self.limit
-
-    # -- windows -------------------------------------------------------------
-
-    def _restart(self, now: float) -> None:
-        """Start a window for samples granted once the new limit has settled.
-
-        After a change the server takes about one request's duration to
-        reach its new steady state (a queue fills, a batch grows), and the
-        first requests to finish are the ones that saw the least of it.
-        """
-        config, known = self._config, self._before or self._ref
-        settle = config.settle * known.duration if known is not None else 0.0
-        self._epoch = self._window_start = now + min(settle, config.probe_timeout)
-        self._obs = []
-
-    def _maybe_close(self, now: float) -> None:
-        config = self._config
-        if self._window_start == -math.inf:
-            self._window_start = now
-        obs = self._obs
-        enough = len(obs) >= config.window_samples and now - self._window_start >= config.window
-        if not (enough or len(obs) >= config.max_window_samples):
-            return
-        self._counts["windows"] += 1
-        profile = profile_of(obs)
-        self._obs = []
-        self._window_start = now
-        if self._probe_level:
-            self._measured(obs, profile, now)
-        elif self._pending is not None:
-            self._judge(obs, profile, now)
-        else:
-            self._steady(obs, profile, now)
-
-    # -- decisions -----------------------------------------------------------
-
-    def _steady(self, obs: list[Reading], profile: Profile, now: float) -> None:
-        config = self._config
-        ref = self._ref
-        if ref is None:
-            self._ref = self._before = profile
-        elif profile.in_flight < ref.in_flight * (1.0 - config.probe_step):
-            return  # the client, not the server, set this window's load
-        else:
-            ratio = self._ratio = latency_ratio(obs, ref)
-            self._before = profile
-            if self._shifted(ratio, now):
-                return
-            if ratio == ratio:
-                self._ref = blend(ref, profile, config.smoothing)
-        # An up-step the client cannot fill would measure nothing.  (A first
-        # window, filling from nothing, is taken as full.)
-        full = ref is None or profile.in_flight >= self._limit * (1.0 - config.probe_step)
-        if now >= self._next_probe and (self._direction < 0 or full):
-            self._step = max(1, round(self._limit * config.probe_step))
-            self._run = 0
-            self._probe(now)
-
-    def _shifted(self, ratio: float, now: float) -> bool:
-        """Whether the server changed under a steady limit (and if so, react).
-
-        Whether its knee moved too is for a probe run to find out, from a
-        reference measured wholly after the change.
-        """
-        if not abs(math.log(ratio)) > math.log1p(self._config.jump):
-            return False
-        self._counts["shifts"] += 1
-        self._startup = False  # what startup learnt is out of date
-        self._ref = self._before = None
-        self._hold(now, -1 if ratio > 1.0 else 1)
-        self._next_probe = now
-        self._urgent = self._turn = True
-        return True
-
-    def _probe(self, now: float) -> None:
-        config = self._config
-        limit = self._limit
-        if self._direction > 0 and self._startup:
-            level = max(limit + 1, math.ceil(limit * config.startup_factor))
-        else:
-            level = limit + self._direction * self._step
-        level = max(config.min_limit, min(config.max_limit, level))
-        if level == limit or (self._bisecting and self._step < 1):
-            self._end_run(now)
-            return
-        self._counts["probes"] += 1
-        self._probe_level = level
-        self._restart(now)
-
-    def _measured(self, obs: list[Reading], profile: Profile, now: float) -> None:
-        """A step's window is in: judge it, or first measure the way back."""
-        level, before = self._probe_level, self._before
-        if before is None:
-            self._abort(now)
-        elif self._startup or self._run or self._urgent:
-            self._decide(level, latency_ratio(obs, before), before.peak, profile, now)
-        else:
-            # The first step of a routine run is bracketed by a window at the
-            # held limit before and after it, so a drift in latency cancels.
-            self._pending = (level, obs, profile)
-            self._probe_level = 0
-            self._restart(now)
-
-    def _judge(self, back: list[Reading], after: Profile, now: float) -> None:
-        pending, before = self._pending, self._before
-        self._pending = None
-        if pending is None or before is None or self._shifted(latency_ratio(back, before), now):
-            return
-        level, obs, profile = pending
-        first, second = latency_ratio(obs, before), latency_ratio(obs, after)
-        base = math.sqrt(before.peak * after.peak)
-        self._before = after
-        if first == first and second == second:
-            self._decide(level, math.sqrt(first * second), base, profile, now)
-        else:
-            self._decide(level, first if first == first else second, base, profile, now)
-
-    def _decide(self, level: int, ratio: float, base: float, profile: Profile, now: float) -> None:
-        """Keep or undo a step, from the latency ratio over the concurrency it reached.
-
-        The concurrency is the one reached (the peak in flight), not the one
-        allowed: a client that cannot fill a step says nothing about the
-        server, and a step it fills only partly is judged on what it did.
-        """
-        up = level > self._limit
-        span = math.log(profile.peak / base)
-        if ratio != ratio or span * (1 if up else -1) < 0.75 * math.log1p(1 / self._limit):
-            self._abort(now)
-            return
-        self._ratio = ratio
-        config = self._config
-        elasticity = math.log(ratio) / span
-        if (elasticity < config.elasticity) == up:
-            self._counts["kept"] += 1
-            reached = int(profile.peak)
-            self._limit = max(self._limit + 1, min(level, reached)) if up else level
-            self._probe_level = 0
-            self._ref = self._before = profile
-            self._run += 1
-            if self._bisecting:
-                self._step //= 2
-            elif up and elasticity >= config.elasticity / 3:
-                # Batching is getting dearer: a knee is near, so go on in
-                # routine steps rather than double past it.
-                self._startup = False
-                self._step = max(1, round(self._limit * config.probe_step))
-            else:
-                self._step = min(2 * self._step, max(1, self._limit // 4))
-            self._probe(now)
-        elif self._startup and up:
-            self._startup = False
-            self._hold(now, -1)
-            self._next_probe = now  # undo an overshoot of the last doubling
-            self._urgent = True
-        elif self._turn and not self._run:
-            # After a shift the first step failed: the knee may have moved
-            # the other way, so try that way at once rather than a probe later.
-            self._turn = False
-            self._hold(now, -self._direction)
-            self._next_probe = now
-            self._urgent = True
-        elif self._run and self._step > 1:
-            # A run's grown step went too far: halve it until it fits.
-            self._bisecting = True
-            self._step //= 2
-            self._probe_level = 0
-            self._probe(now)
-        else:
-            self._end_run(now)
-
-    def _end_run(self, now: float) -> None:
-        self._startup = self._turn = False
-        self._hold(now, -self._direction)
-        self._schedule(now)
-
-    def _abort(self, now: float) -> None:
-        self._counts["aborted"] += 1
-        if self._probe_level > self._limit:
-            # The client could not fill the step, so nothing is known above
-            # the limit: grow in routine steps, and look again soon.
-            self._startup = False
-            self._hold(now, self._direction)
-            self._schedule(now, 0.25)
-            return
-        self._hold(now, self._direction)
-        self._schedule(now)
-
-    def _hold(self, now: float, direction: int) -> None:
-        self._probe_level = 0
-        self._pending = None
-        self._urgent = False
-        self._bisecting = False
-        self._direction = direction
-        self._restart(now)
-
-    def _schedule(self, now: float, share: float = 1.0) -> None:
-        config = self._config
-        spread = config.probe_jitter * self._rng.uniform(-1.0, 1.0)
-        self._next_probe = now + share * config.probe_interval * (1.0 + spread)
-
-    def _timeouts_pile_up(self) -> bool:
-        """Count a fresh timeout; whether they now make ``timeout_share`` of the last few."""
-        share = self._config.timeout_share
-        recent = self._recent
-        recent.append(True)
-        return sum(recent) >= max(1, math.ceil(share * _TIMEOUT_SPAN))
-
-    def _cut(self, now: float) -> None:
-        """A fresh drop: back off from the lower of the held and probed limits."""
-        base = min(self._limit, self.limit)
-        cut = int(base * self._config.backoff)
-        self._limit = max(self._config.min_limit, min(cut, base - 1))
-        self._counts["cuts"] += 1
-        self._recent.clear()
-        self._startup = False
-        self._ref = self._before = None
-        self._cut_epoch = now
-        self._hold(now, 1)
-        self._schedule(now, 0.25)
-
-    def reset(self) -> None:
-        """Forget every latency measured so far, keeping the limit in force.
-
-        Called when the model behind the endpoint changed (a new digest under
-        the same name): its old latencies say nothing about the new model,
-        so the next windows measure afresh and a probe run follows.
-        """
-        self._probe_level = 0
-        self._pending = None
-        self._ref = None
-        self._before = None
-        self._ratio = _NAN
-        self._obs = []
-        self._recent.clear()
-        self._urgent = True
-        self._next_probe = -math.inf
-        self._window_start = -math.inf
-
-    def statistics(self) -> LimitStatistics:
-        detail = {name: float(value) for name, value in self._counts.items()}
-        detail["probing"] = float(self._probe_level != 0 or self._pending is not None)
-        detail["startup"] = float(self._startup)
-        detail["ratio"] = self._ratio if math.isfinite(self._ratio) else 0.0
-        detail["held_limit"] = float(self._limit)
-        return LimitStatistics(
-            policy="Adaptive", limit=self.limit, samples=self._counts["samples"], detail=detail
-        )
-
-    def __repr__(self) -> str:
-        state = f"probing {self._probe_level}" if self._probe_level else "holding"
-        return f"<AdaptiveState limit={self._limit} {state} samples={self._counts['samples']}>"

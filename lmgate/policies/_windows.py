@@ -7,6 +7,7 @@ is fed, and none of them reads a clock: time, where it matters, is passed in.
 from __future__ import annotations
 
 import math
+from statistics import stdev
 from typing import Final, NamedTuple, final
 
 from lmgate.policies._sample import OutcomeClass, Sample
@@ -21,8 +22,10 @@ __all__ = [
     "clamp",
     "is_positive_finite",
     "latency_ratio",
+    "log_ratio",
     "median",
     "profile_of",
+    "ratio_error",
     "read_sample",
 ]
 
@@ -249,13 +252,33 @@ def _predict(o: Reading, ref: Profile) -> float:
     return ref.duration
 
 
+def log_ratio(o: Reading, ref: Profile) -> float:
+    """ln of actual over predicted duration; NaN if the two are not comparable."""
+    predicted = _predict(o, ref)
+    if predicted > 0.0:
+        r = o.duration / predicted
+        if 0.0 < r < math.inf:
+            return math.log(r)
+    return _NAN
+
+
 def latency_ratio(obs: list[Reading], ref: Profile) -> float:
-    """Median of actual over predicted duration; NaN if none is comparable."""
-    ratios = []
-    for o in obs:
-        predicted = _predict(o, ref)
-        if predicted > 0.0:
-            r = o.duration / predicted
-            if 0.0 < r < math.inf:
-                ratios.append(r)
-    return median(ratios) if ratios else _NAN
+    """Typical actual over predicted duration; NaN if none is comparable."""
+    logs = sorted(x for o in obs if (x := log_ratio(o, ref)) == x)
+    if not logs:
+        return _NAN
+    # The mean of the logs, not the median: past a hard knee only the few
+    # requests that queue at the server get slower, which moves the mean
+    # and leaves the median where it was.  One outlier at each end is
+    # dropped so a single stray request cannot decide a step.
+    if len(logs) >= 8:
+        logs = logs[1:-1]
+    return math.exp(math.fsum(logs) / len(logs))
+
+
+def ratio_error(obs: list[Reading], ref: Profile) -> float:
+    """Standard error of the mean log ratio; infinite with fewer than two."""
+    logs = [x for o in obs if (x := log_ratio(o, ref)) == x]
+    if len(logs) < 2:
+        return math.inf
+    return stdev(logs) / math.sqrt(len(logs))

@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -371,6 +372,17 @@ def test_a_fresh_drop_cuts_at_once_and_a_stale_one_does_not(outcome: OutcomeClas
     assert state.statistics().detail["cuts"] == 2
 
 
+def test_a_burst_of_drops_the_old_limit_let_in_cuts_once() -> None:
+    """A fast 503 from a request granted above today's limit is the overload already cut for."""
+    state = Adaptive(initial_limit=8, max_limit=100).build()
+    assert state.update(drop(0.0), 1.0) == 7
+    burst = [Sample(start=1.0, duration=0.001, in_flight=n, outcome="overload") for n in (8, 8, 8)]
+    assert [state.update(sample, 1.01) for sample in burst] == [7, 7, 7]
+    fresh = Sample(start=1.0, duration=0.001, in_flight=7, outcome="overload")
+    assert state.update(fresh, 1.02) == 6
+    assert state.statistics().detail["cuts"] == 2
+
+
 def test_stray_timeouts_do_not_cut_but_a_pile_of_them_does() -> None:
     """One timeout in four finished requests is long answers; one in two is a cut."""
     state = Adaptive(initial_limit=40, max_limit=100).build()
@@ -422,9 +434,9 @@ def test_statistics_and_repr() -> None:
     """Statistics name the policy and stay finite; repr shows the held limit."""
     state = Adaptive().build()
     stats = state.statistics()
-    assert (stats.policy, stats.limit, stats.samples) == ("Adaptive", 8, 0)
+    assert (stats.policy, stats.limit, stats.samples) == ("Adaptive", 4, 0)
     assert stats.detail["startup"] == 1.0
-    assert "limit=8" in repr(state)
+    assert "limit=4" in repr(state)
 
 
 @pytest.mark.parametrize(
@@ -435,6 +447,10 @@ def test_statistics_and_repr() -> None:
         ({"max_limit": 2}, "initial_limit"),
         ({"elasticity": 0.0}, "elasticity"),
         ({"elasticity": 1.5}, "elasticity"),
+        ({"elasticity": 0.7, "down_elasticity": 0.6}, "down_elasticity"),
+        ({"down_elasticity": 2.5}, "down_elasticity"),
+        ({"min_latency": -1.0}, "min_latency"),
+        ({"precision": 0.0}, "precision"),
         ({"probe_step": 0.0}, "probe_step"),
         ({"probe_interval": -1.0}, "probe_interval"),
         ({"probe_jitter": 1.0}, "probe_jitter"),
@@ -579,3 +595,43 @@ def test_reset_forgets_latencies_and_keeps_the_limit() -> None:
         assert limit >= 1
     stats = state.statistics()
     assert stats.samples > 0
+
+
+def _noisy(
+    config: Adaptive, law: Callable[[int], float], sigma: float, seed: int, steps: int = 10_000
+) -> tuple[int, int]:
+    """Samples every 20 ms, ``law(limit)`` times log-normal noise: (last held limit, cuts of it)."""
+    rng = random.Random(seed)
+    state = config.build()
+    held, lowered = config.initial_limit, 0
+    for i in range(steps):
+        now = i * 0.02
+        limit = state.tick(now)
+        duration = law(limit) * math.exp(rng.gauss(0.0, sigma))
+        sample = Sample(
+            start=now, duration=duration, in_flight=limit, outcome="success", output_tokens=100
+        )
+        state.update(sample, now)
+        now_held = int(state.statistics().detail["held_limit"])
+        lowered += now_held < held
+        held = now_held
+    return held, lowered
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_noisy_server_gets_windows_long_enough_to_decide(seed: int) -> None:
+    """Latency flat in load, +-30 % per request: windows of 8 decide by chance, precise ones not."""
+    config = Adaptive(initial_limit=8, max_limit=64, settle=0.0, window=0.0, probe_interval=5.0)
+    precise = _noisy(config, lambda c: 1.0, 0.3, seed)
+    by_chance = _noisy(msgspec.structs.replace(config, precision=100.0), lambda c: 1.0, 0.3, seed)
+    assert precise[0] >= 56
+    assert precise[1] * 3 <= by_chance[1]
+
+
+def test_calls_without_latency_keep_the_limit_the_client_fills() -> None:
+    """Microsecond calls whose turn-around grows with concurrency: the limit must not collapse."""
+    config = Adaptive(initial_limit=8, max_limit=256, settle=0.0, probe_interval=5.0)
+    held, _ = _noisy(config, lambda c: 2e-6 * c, 0.05, 0)
+    assert held >= 64
+    collapsing = msgspec.structs.replace(config, min_latency=0.0)
+    assert _noisy(collapsing, lambda c: 2e-6 * c, 0.05, 0)[0] < 8
