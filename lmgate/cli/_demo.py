@@ -189,6 +189,25 @@ def _summary(stats: lmgate.Stats, latencies: list[float], elapsed: float) -> Non
     print(f"latency p50 / p99  : {q(0.5) * 1000:.0f} ms / {q(0.99) * 1000:.0f} ms")
     for ep in stats.endpoints:
         print(
-            f"  {ep.name:6} limit={ep.limit:3d} peak in flight={ep.peak_in_flight:3d}"
-            f" samples={ep.samples}"
+            f"  {ep.name:6} limit={ep.limit:3d} highest limit={ep.peak_limit:3d}"
+            f" peak in flight={ep.peak_in_flight:3d} samples={ep.samples}"
         )
+        if (why := _policy_story(ep.policy.detail)) is not None:
+            print(f"         {why}")
+    print(
+        "peak in flight never passes the highest limit: that is reached while a\n"
+        "probe step or a startup doubling is measured, and a cut lowers the limit\n"
+        "for new grants while requests already granted finish."
+    )
+
+
+def _policy_story(detail: dict[str, float]) -> str | None:
+    """How an adaptive limit got where it is, from its counters; None for a fixed one."""
+    if "probes" not in detail:
+        return None
+    counts = {k: int(detail.get(k, 0.0)) for k in ("probes", "kept", "cuts", "shifts")}
+    phase = "still in startup" if detail.get("startup") else "past startup"
+    return (
+        f"{phase}; {counts['probes']} probe steps, {counts['kept']} kept;"
+        f" {counts['cuts']} cuts on overload; {counts['shifts']} latency shifts"
+    )

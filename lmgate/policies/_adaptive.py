@@ -68,7 +68,11 @@ How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
   soon undone, and a client that grows is followed.  After a run up the
   next probe, downwards, waits twice as long: a down-step costs throughput
   while it is measured, and a limit a little past the knee costs only some
-  queueing at the server.
+  queueing at the server.  And a run that took long (a slow server needs
+  minutes of samples per step) is followed by a longer pause, so probing
+  adds at most ``probe_cv`` to the limit's coefficient of variation: a step
+  of ``s`` slots at limit ``L`` is measured at most ``(probe_cv L / s)^2`` of
+  the time.
 - *Shifts*: a steady window whose latency moved more than ``1 + jump``
   times from the reference means the server changed.  It is not a cut --
   a server that got uniformly slower still wants the same concurrency --

@@ -31,6 +31,7 @@ class AdaptiveSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     probe_step: float = 0.0625
     probe_interval: float = 60.0
     probe_jitter: float = 0.25
+    probe_cv: float = 0.04
     probe_timeout: float = 120.0
     startup_factor: float = 2.0
     settle: float = 1.0
@@ -56,6 +57,7 @@ class AdaptiveSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         check_float("probe_step", self.probe_step, low=0.0, low_open=True, high=1.0)
         check_float("probe_interval", self.probe_interval, low=0.0, high=86_400.0)
         check_float("probe_jitter", self.probe_jitter, low=0.0, high=0.99)
+        check_float("probe_cv", self.probe_cv, low=0.0, low_open=True, high=1.0)
         check_float("probe_timeout", self.probe_timeout, low=0.0, low_open=True, high=86_400.0)
         check_float("startup_factor", self.startup_factor, low=1.0, high=100.0)
         check_float("settle", self.settle, low=0.0, high=100.0)

@@ -57,6 +57,7 @@ class AdaptiveState:
         "_ref",
         "_rng",
         "_run",
+        "_run_start",
         "_startup",
         "_step",
         "_turn",
@@ -73,6 +74,7 @@ class AdaptiveState:
         self._direction = 1
         self._step = 1
         self._run = 0  # steps kept in a row in the current direction
+        self._run_start: float | None = None  # when a routine probe run began
         self._startup = True
         self._urgent = False  # the next run follows a shift: no bracketing
         self._bisecting = False  # a run's grown step overshot: its steps now halve
@@ -205,6 +207,7 @@ class AdaptiveState:
         if now >= self._next_probe and (self._direction < 0 or full):
             self._step = max(1, round(self._limit * config.probe_step))
             self._run = 0
+            self._run_start = None if self._startup else now
             self._probe(now)
 
     def _shifted(self, ratio: float, now: float) -> bool:
@@ -343,7 +346,17 @@ class AdaptiveState:
         # A down-step costs throughput while it is measured and a held limit
         # a little past the knee costs only some queueing at the server, so
         # the way down is looked at half as often as the way up.
-        self._schedule(now, 1.0 if self._direction > 0 else 2.0)
+        wait = 0.0
+        if (start := self._run_start) is not None:
+            # Measuring a step of s slots moves a limit L by s/L for as long
+            # as the step takes, which on a slow server is minutes: space
+            # runs so probing adds at most ``probe_cv`` to the limit's
+            # coefficient of variation (a share (probe_cv L / s)^2 of the time).
+            step = max(1, round(self._limit * self._config.probe_step))
+            duty = min(1.0, (self._config.probe_cv * self._limit / step) ** 2)
+            wait = (now - start) * (1.0 - duty) / duty
+            self._run_start = None
+        self._schedule(now, 1.0 if self._direction > 0 else 2.0, at_least=wait)
 
     def _abort(self, now: float) -> None:
         self._counts["aborted"] += 1
@@ -365,10 +378,10 @@ class AdaptiveState:
         self._direction = direction
         self._restart(now)
 
-    def _schedule(self, now: float, share: float = 1.0) -> None:
+    def _schedule(self, now: float, share: float = 1.0, at_least: float = 0.0) -> None:
         config = self._config
         spread = config.probe_jitter * self._rng.uniform(-1.0, 1.0)
-        self._next_probe = now + share * config.probe_interval * (1.0 + spread)
+        self._next_probe = now + max(share * config.probe_interval * (1.0 + spread), at_least)
 
     def _timeouts_pile_up(self) -> bool:
         """Count a fresh timeout; whether they now make ``timeout_share`` of the last few."""

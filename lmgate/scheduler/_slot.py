@@ -25,15 +25,16 @@ class EndpointSlot:
     """Admission's record of one endpoint (mutated only by ``Admission``)."""
 
     __slots__ = (
+        "_limit",
         "dropped_samples",
         "durations",
         "endpoint",
         "feedback",
         "in_flight",
         "index",
-        "limit",
         "models",
         "peak_in_flight",
+        "peak_limit",
         "refs",
         "routing",
         "service_time",
@@ -51,7 +52,8 @@ class EndpointSlot:
     ) -> None:
         self.index = index
         self.endpoint = endpoint
-        self.limit = limit
+        self._limit = limit
+        self.peak_limit = limit  # the highest limit in force so far
         self.in_flight = 0
         self.peak_in_flight = 0
         self.models = endpoint.models
@@ -75,6 +77,16 @@ class EndpointSlot:
         self.dropped_samples = 0
         # Optional client-side throttle: returns True to refuse a request now.
         self.throttle: Callable[[float], bool] | None = None
+
+    @property
+    def limit(self) -> int:
+        """The endpoint's limit in force, as its policy last set it."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = value
+        self.peak_limit = max(self.peak_limit, value)
 
     @property
     def effective_limit(self) -> int:

@@ -35,6 +35,7 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     routing: str
     limit: int
     in_flight: int
+    #: The most leases out at once; never above ``peak_limit``.
     peak_in_flight: int
     service_time: float | None
     latency_ewma: float | None
@@ -62,6 +63,9 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     identities: dict[str, str] = {}
     model_changes: int = 0
     cold_requests: int = 0
+    #: The highest limit in force so far (a probe step or a startup doubling
+    #: raises it for the seconds it is measured).
+    peak_limit: int = 0
     #: What probing the server taught (``Endpoint(probe=True)`` only).
     discovery: DiscoveryStatistics | None = None
     #: Client-side throttling of this endpoint: window counts and refusals.
@@ -129,6 +133,7 @@ def snapshot(
                 limit=slot.limit,
                 in_flight=slot.in_flight,
                 peak_in_flight=slot.peak_in_flight,
+                peak_limit=slot.peak_limit,
                 service_time=slot.service_time,
                 latency_ewma=a.latency_ewma if a else None,
                 ttft_ewma=a.ttft_ewma if a else None,

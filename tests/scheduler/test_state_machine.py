@@ -197,6 +197,9 @@ def _check_step(sched: Scheduler, reqs: list[Req]) -> None:
         # Once everyone is blocked the actors have answered every sample: an
         # endpoint that is up takes at least one request (no stranded trial cap).
         assert not (slot.routing == "up" and slot.effective_limit == 0 and slot.in_flight == 0)
+    for ep in stats.endpoints:
+        # Never more out at once than some limit allowed.
+        assert ep.peak_in_flight <= ep.peak_limit, ep
     for model in adm.queue.models_waiting():
         for slot in adm.by_model[model]:
             # (An endpoint that is throttling -- refusing part of its traffic
