@@ -51,8 +51,9 @@ How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
   elasticity is an average over a wide span, which hides a hard knee inside
   it.  One that fails below ``elasticity`` starts a routine run up from the
   old limit at once (the knee lies within the doubling); one that fails
-  above it, a run down (the old limit may be past the knee already).  A step
-  the client cannot fill, a shift or a cut ends startup.
+  above it, a run down (the old limit may be past the knee already).  A
+  shift or a cut ends startup; a doubling the client cannot fill is tried
+  again later (a client that ramps up, or a server that slows, fills it).
 - *Probes*: every ``probe_interval`` seconds, give or take ``probe_jitter``
   (drawn from a generator seeded by ``seed``), it steps by ``probe_step`` of
   itself (at least one slot), alternately up and down -- up only when the

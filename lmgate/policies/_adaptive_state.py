@@ -362,8 +362,8 @@ class AdaptiveState:
         self._counts["aborted"] += 1
         if self._probe_level > self._limit:
             # The client could not fill the step, so nothing is known above
-            # the limit: grow in routine steps, and look again soon.
-            self._startup = False
+            # the limit: look again soon, still in startup if it was (a
+            # client that ramps up, or a server that slows, fills it later).
             self._hold(now, self._direction)
             self._schedule(now, 0.25)
             return

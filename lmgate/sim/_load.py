@@ -15,7 +15,7 @@ import bisect
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import final
+from typing import Final, final
 
 import anyio
 import msgspec
@@ -25,7 +25,10 @@ from lmgate._errors import InvalidParameter
 from lmgate._validate import check_float
 from lmgate.sim._scenarios import ClientSpec
 
-__all__ = ["ClientLoad", "LoadReport", "LoadRequest", "Submit", "run_load"]
+__all__ = ["REFUSED_BACKOFF", "ClientLoad", "LoadReport", "LoadRequest", "Submit", "run_load"]
+
+#: Seconds a closed-loop worker waits after a request that ended at once.
+REFUSED_BACKOFF: Final = 0.5
 
 
 @final
@@ -161,6 +164,10 @@ class _Run:
                 continue
             await self.one(self.request(spec, rng, worker))
             pause = spec.think.sample(rng)
+            if anyio.current_time() == now:
+                # Refused at once: back off as a client does, rather than
+                # resubmit in the same instant for ever.
+                pause = max(pause, REFUSED_BACKOFF)
             if pause > 0.0:
                 await anyio.sleep(pause)
 

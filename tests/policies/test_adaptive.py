@@ -644,3 +644,10 @@ def test_calls_without_latency_keep_the_limit_the_client_fills() -> None:
     assert held >= 64
     collapsing = msgspec.structs.replace(config, min_latency=0.0)
     assert _noisy(collapsing, lambda c: 2e-6 * c, 0.05, 0)[0] < 8
+
+
+def test_a_client_that_fills_the_limit_only_later_still_gets_the_startup() -> None:
+    """A step the client could not fill ends nothing: once it fills, doubling goes on."""
+    run = serve(Adaptive(), knee=1000, seconds=240.0, quiet=(0.0, 60.0, 6))
+    assert max(limit for t, limit in run.trace if t < 60.0) <= 16
+    assert min(t for t, limit in run.trace if limit >= 64) <= 150.0

@@ -23,6 +23,7 @@ from lmgate.sim import (
     run_load,
     run_schedule,
 )
+from lmgate.sim._load import REFUSED_BACKOFF
 
 pytestmark = pytest.mark.anyio
 
@@ -192,6 +193,20 @@ def test_unreadable_scenarios_are_refused(tmp_path: Path) -> None:
 
 
 # -- the load generator --------------------------------------------------------------
+
+
+async def test_a_closed_loop_worker_refused_at_once_backs_off() -> None:
+    """An instant refusal does not make a worker resubmit in the same instant for ever."""
+    times: list[float] = []
+
+    async def refuse(request: LoadRequest) -> None:
+        times.append(request.issued_at)
+        raise RuntimeError("refused")
+
+    spec = ClientSpec(name="batch", mode="closed", clients=2)
+    await run_load(refuse, [spec], duration=10.0)
+    assert 2 * 10 <= len(times) <= 2 * (10.0 / REFUSED_BACKOFF + 1)
+    assert max(times) < 10.0
 
 
 async def test_open_loop_rate_and_phases() -> None:
