@@ -41,8 +41,8 @@ from tests.e2e._tinymodel import write_tiny_llama  # noqa: E402
 from tests.e2e.conftest import ALIAS, LlamaServer, _binary  # noqa: E402
 
 SLOTS = 4
-N_CTX = 256
-MAX_TOKENS = 16
+N_CTX = 512
+MAX_TOKENS = 320  # with ignore_eos: a request's cost is the server's, not the client's
 FIXED = (2, 4, 6, 8)
 
 
@@ -62,7 +62,12 @@ async def _capacity(url: str, seconds: float) -> tuple[float, float]:
                 t0 = time.perf_counter()
                 r = await client.post(
                     "/v1/chat/completions",
-                    json={"model": ALIAS, "messages": _messages(rng), "max_tokens": MAX_TOKENS},
+                    json={
+                        "model": ALIAS,
+                        "messages": _messages(rng),
+                        "max_tokens": MAX_TOKENS,
+                        "ignore_eos": True,
+                    },
                 )
                 r.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
@@ -90,8 +95,11 @@ async def _open_loop(
             try:
                 with lmgate.request_options(timeout=deadline):
                     await client.chat.completions.create(
-                        model=ALIAS, messages=_messages(rng), max_tokens=MAX_TOKENS
-                    )  # type: ignore[call-overload]
+                        model=ALIAS,
+                        messages=_messages(rng),  # type: ignore[arg-type]
+                        max_tokens=MAX_TOKENS,
+                        extra_body={"ignore_eos": True},
+                    )
                 kind = "completed"
                 latencies.append(time.perf_counter() - t0)
             except openai.APIError as exc:

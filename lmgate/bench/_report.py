@@ -7,6 +7,7 @@ gives a diff of exactly the figures that moved.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -266,6 +267,7 @@ def write_report(
             lines += [f"Grants past the enforced limit: {over}.", ""]
         image = images / f"overload_{scenario.name}.png"
         lines += [f"![{scenario.name}]({os.path.relpath(image, path.parent)})", ""]
+    lines += _outside(images)
     text = "\n".join(lines)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -273,3 +275,56 @@ def write_report(
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def _outside(results: Path) -> list[str]:
+    """The figures measured outside virtual time, from their own scripts' JSON, if present."""
+    lines: list[str] = []
+    server = results / "llama_server.json"
+    if server.exists():
+        data = json.loads(server.read_text(encoding="utf-8"))
+        best = data["median"][data["best_fixed"]]["goodput"]
+        lines += [
+            "## A real llama-server",
+            "",
+            "`python benchmarks/llama_server.py` (the `e2e` extra): llama-server on a tiny",
+            f"random-weight model on CPU with `--parallel 4`, capacity"
+            f" {data['capacity_per_second']:.1f}/s with four closed-loop workers, offered"
+            f" {data['offered_per_second']:.1f}/s as Poisson arrivals through the openai SDK,"
+            f" deadline {data['deadline']:.2f} s, {data['seconds']:.0f} s per run;"
+            f" medians of {data['rounds']} interleaved rounds.",
+            "",
+            *_md_table(
+                ["policy", "goodput/s", "p99 s", "vs best fixed"],
+                [
+                    [name, _num(m["goodput"]), _num(m["p99"]), f"{m['goodput'] / best:.3f}"]
+                    for name, m in data["median"].items()
+                ],
+            ),
+            "",
+        ]
+    zero = results / "zero_latency.json"
+    if zero.exists():
+        data = json.loads(zero.read_text(encoding="utf-8"))
+        lines += [
+            "## Zero-latency calls",
+            "",
+            "`python benchmarks/zero_latency.py`: calls with no I/O from 64 clients, the",
+            "default limit against `Fixed(64)` (best of interleaved rounds).",
+            "",
+            *_md_table(
+                ["backend", "Fixed(64) µs", "default µs", "x Fixed(64)", "default's limit"],
+                [
+                    [
+                        r["backend"],
+                        _num(r["fixed_64_us"]),
+                        _num(r["default_us"]),
+                        _num(r["ratio"]),
+                        str(r["default_limit_min"]),
+                    ]
+                    for r in data["rows"]
+                ],
+            ),
+            "",
+        ]
+    return lines

@@ -11,9 +11,11 @@ limits and keeps a step only when it is worth it.  With latency ratio ``r``
 between a step and the held limit, ``e = ln r / ln(step / limit)`` is the
 latency elasticity: near 0 below a knee (batching is free), 1 or more past
 it (every extra request only waits).  An up-step is kept when ``e <
-elasticity``, a down-step when ``e > down_elasticity`` (by default a little
+elasticity``, a down-step when ``e > down_elasticity`` (by default 0.15
 more than ``elasticity``): between the two nothing moves, so a measurement
-that lands near the threshold cannot undo the step before it.
+that lands near the threshold cannot undo the step before it, and a server
+whose latency grows almost in proportion to its batch (llama.cpp on a CPU)
+is not walked down below the concurrency that still pays a little.
 
 Latency is read per request, normalised so output length cannot pass for
 load: a window's reference holds the median time to first token (divided by

@@ -19,7 +19,7 @@ class AdaptiveSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     ``window`` and ``window_samples`` are the least time and fresh samples a
     measurement takes; ``probe_timeout`` abandons a probe that gets no
-    samples (the client went quiet).  ``down_elasticity`` (None: 0.05 over
+    samples (the client went quiet).  ``down_elasticity`` (None: 0.15 over
     ``elasticity``) is what a down-step must show to be kept.
     """
 

@@ -31,7 +31,7 @@ _NAN: Final = math.nan
 #: Finished requests (successes and timeouts) over which timeouts are counted.
 _TIMEOUT_SPAN: Final = 32
 #: How much more elasticity a down-step must show than an up-step, unless configured.
-_DOWN_MARGIN: Final = 0.05
+_DOWN_MARGIN: Final = 0.15
 
 
 @final
