@@ -6,18 +6,14 @@ import re
 from typing import Any
 
 import pytest
-import trio.testing
-from _virtual import VirtualClockLoop
 
 from lmgate.cli._demo import run_demo
 
 
-@pytest.fixture(params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+@pytest.fixture
+def anyio_backend(virtual_backends: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """Both backends, in virtual time."""
-    if request.param == "trio":
-        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
-    return ("asyncio", {"loop_factory": VirtualClockLoop})
+    return virtual_backends
 
 
 @pytest.mark.anyio

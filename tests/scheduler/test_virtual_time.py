@@ -24,7 +24,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from _virtual import VirtualClockLoop
 
 import lmgate
 from lmgate import (
@@ -44,14 +43,10 @@ pytestmark = pytest.mark.anyio
 EXACT = 1e-9
 
 
-@pytest.fixture(params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+@pytest.fixture
+def anyio_backend(virtual_backends: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """Both backends, each with a clock that jumps when every task is blocked."""
-    if request.param == "trio":
-        import trio.testing
-
-        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
-    return ("asyncio", {"loop_factory": VirtualClockLoop})
+    return virtual_backends
 
 
 async def test_the_clock_is_virtual() -> None:

@@ -19,7 +19,6 @@ import httpx
 import msgspec
 import openai
 import pytest
-from _virtual import VirtualClockLoop
 
 import lmgate
 from lmgate import Endpoint, Fixed, QueueOptions, Scheduler
@@ -148,14 +147,10 @@ def _chat(content: str = "hi") -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+@pytest.fixture
+def anyio_backend(virtual_backends: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """Both backends in virtual time (the real-server tests above pin asyncio)."""
-    if request.param == "trio":
-        import trio.testing
-
-        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
-    return ("asyncio", {"loop_factory": VirtualClockLoop})
+    return virtual_backends
 
 
 @pytest.mark.anyio
