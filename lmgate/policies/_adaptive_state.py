@@ -18,10 +18,11 @@ from lmgate.policies._windows import (
     DROPS,
     Profile,
     Reading,
+    Spread,
     blend,
     latency_ratio,
+    log_ratio,
     profile_of,
-    ratio_error,
     read_sample,
 )
 
@@ -50,6 +51,7 @@ class AdaptiveState:
         "_next_probe",
         "_now",
         "_obs",
+        "_obs_spread",
         "_pending",
         "_probe_level",
         "_ratio",
@@ -88,6 +90,9 @@ class AdaptiveState:
         self._cut_epoch = -math.inf
         self._window_start = -math.inf
         self._obs: list[Reading] = []
+        # log ratios of this window's readings to ``_before`` (which changes
+        # only when a window closes or restarts, as ``_obs`` is emptied)
+        self._obs_spread = Spread()
         self._recent: deque[bool] = deque(maxlen=_TIMEOUT_SPAN)  # True: a timeout
         self._counts = dict.fromkeys(
             ("samples", "drops", "windows", "cuts", "shifts", "probes", "kept", "aborted"), 0
@@ -124,6 +129,8 @@ class AdaptiveState:
         if obs is None or sample.start < self._epoch or obs.in_flight > self.limit:
             return self.limit
         self._obs.append(obs)
+        if self._before is not None and (x := log_ratio(obs, self._before)) == x:
+            self._obs_spread.add(x)
         self._maybe_close(now)  # closes at max_window_samples at the latest
         return self.limit
 
@@ -147,7 +154,7 @@ class AdaptiveState:
         config, known = self._config, self._before or self._ref
         settle = config.settle * known.duration if known is not None else 0.0
         self._epoch = self._window_start = now + min(settle, config.probe_timeout)
-        self._obs = []
+        self._obs, self._obs_spread = [], Spread()
 
     def _maybe_close(self, now: float) -> None:
         config = self._config
@@ -155,11 +162,11 @@ class AdaptiveState:
             self._window_start = now
         obs = self._obs
         enough = len(obs) >= config.window_samples and now - self._window_start >= config.window
-        if not ((enough and self._precise(obs)) or len(obs) >= config.max_window_samples):
+        if not ((enough and self._precise()) or len(obs) >= config.max_window_samples):
             return
         self._counts["windows"] += 1
         profile = profile_of(obs)
-        self._obs = []
+        self._obs, self._obs_spread = [], Spread()
         self._window_start = now
         if self._probe_level:
             self._measured(obs, profile, now)
@@ -168,7 +175,7 @@ class AdaptiveState:
         else:
             self._steady(obs, profile, now)
 
-    def _precise(self, obs: list[Reading]) -> bool:
+    def _precise(self) -> bool:
         """Whether a window that decides a step knows its latency well enough.
 
         A step of one slot in sixteen moves latency by a few per cent, while
@@ -183,7 +190,7 @@ class AdaptiveState:
         if not level or before is None:
             return True
         span = abs(math.log(level / self._limit))
-        return ratio_error(obs, before) <= self._config.precision * span
+        return self._obs_spread.standard_error() <= self._config.precision * span
 
     # -- decisions -----------------------------------------------------------
 
@@ -415,7 +422,7 @@ class AdaptiveState:
         self._ref = None
         self._before = None
         self._ratio = _NAN
-        self._obs = []
+        self._obs, self._obs_spread = [], Spread()
         self._recent.clear()
         self._urgent = True
         self._next_probe = -math.inf

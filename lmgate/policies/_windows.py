@@ -7,7 +7,6 @@ is fed, and none of them reads a clock: time, where it matters, is passed in.
 from __future__ import annotations
 
 import math
-from statistics import stdev
 from typing import Final, NamedTuple, final
 
 from lmgate.policies._sample import OutcomeClass, Sample
@@ -17,6 +16,7 @@ __all__ = [
     "ExpAverage",
     "Profile",
     "Reading",
+    "Spread",
     "TimeBuckets",
     "blend",
     "clamp",
@@ -25,7 +25,6 @@ __all__ = [
     "log_ratio",
     "median",
     "profile_of",
-    "ratio_error",
     "read_sample",
 ]
 
@@ -56,6 +55,30 @@ def median(values: list[float]) -> float:
 
 
 @final
+class Spread:
+    """The standard error of a mean, kept as values arrive (Welford's update)."""
+
+    __slots__ = ("_count", "_m2", "_mean")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._mean = 0.0
+        self._m2 = 0.0
+
+    def add(self, value: float) -> None:
+        self._count += 1
+        delta = value - self._mean
+        self._mean += delta / self._count
+        self._m2 += delta * (value - self._mean)
+
+    def standard_error(self) -> float:
+        """Infinite with fewer than two values."""
+        n = self._count
+        if n < 2:
+            return math.inf
+        return math.sqrt(max(0.0, self._m2) / (n - 1) / n)
+
+
 class ExpAverage:
     """An exponential average that starts as a plain mean.
 
@@ -274,11 +297,3 @@ def latency_ratio(obs: list[Reading], ref: Profile) -> float:
     if len(logs) >= 8:
         logs = logs[1:-1]
     return math.exp(math.fsum(logs) / len(logs))
-
-
-def ratio_error(obs: list[Reading], ref: Profile) -> float:
-    """Standard error of the mean log ratio; infinite with fewer than two."""
-    logs = [x for o in obs if (x := log_ratio(o, ref)) == x]
-    if len(logs) < 2:
-        return math.inf
-    return stdev(logs) / math.sqrt(len(logs))
