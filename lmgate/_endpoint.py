@@ -55,6 +55,8 @@ class ProbeReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _MAX_STR = 4096
+#: Where an endpoint's ``kv_tokens`` figure can come from.
+_KV_SOURCES = ("user", "props", "metrics", "api/ps")
 
 
 class _Located(msgspec.Struct, frozen=True):
@@ -92,6 +94,8 @@ class Endpoint(_Located, frozen=True, kw_only=True):
     api_key: Callable[[], str] | None = None
     context_window: int | None = None
     context_windows: Mapping[str, int] = msgspec.field(default_factory=dict)
+    kv_tokens: int | None = None
+    kv_source: str | None = None
     classify: Classifier | None = None
     health: HealthCheck | None = None
     probe: bool = False
@@ -132,6 +136,12 @@ class Endpoint(_Located, frozen=True, kw_only=True):
             raise InvalidParameter("limit must be a policy config such as Fixed(8)", field="limit")
         if self.context_window is not None:
             _check_window("context_window", self.context_window)
+        if self.kv_tokens is not None:
+            _check_window("kv_tokens", self.kv_tokens)
+            if self.kv_source is None:
+                msgspec.structs.force_setattr(self, "kv_source", "user")
+        if self.kv_source is not None and self.kv_source not in _KV_SOURCES:
+            raise InvalidParameter(f"kv_source must be one of {_KV_SOURCES}", field="kv_source")
         windows = self.context_windows
         if not isinstance(windows, Mapping):
             raise InvalidParameter(

@@ -133,7 +133,12 @@ async def run_scenario(
             kind = "completed"
             try:
                 await sched.run(
-                    call, model=model, priority=request.priority, timeout=request.timeout
+                    call,
+                    model=model,
+                    priority=request.priority,
+                    timeout=request.timeout,
+                    prompt_tokens=request.prompt_tokens,
+                    max_tokens=request.max_tokens,
                 )
             except Exception as exc:
                 kind = _kind(exc)

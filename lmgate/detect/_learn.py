@@ -45,6 +45,8 @@ class Describable(Protocol):
     @property
     def context_windows(self) -> Mapping[str, int]: ...
     @property
+    def kv_tokens(self) -> int | None: ...
+    @property
     def health(self) -> object: ...
     @property
     def api_key(self) -> Callable[[], str] | None: ...
@@ -90,6 +92,9 @@ def learn(endpoint: E, info: ServerInfo) -> E:
     windows = {**info.context_windows, **endpoint.context_windows}
     if windows != dict(endpoint.context_windows):
         changes["context_windows"] = windows
+    if endpoint.kv_tokens is None and info.kv_tokens is not None:
+        changes["kv_tokens"] = info.kv_tokens
+        changes["kv_source"] = info.kv_source
     if endpoint.health is None and info.health_route is not None:
         changes["health"] = health_check(info, api_key=endpoint_key(endpoint))
     if not changes:

@@ -66,6 +66,10 @@ class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
     window_sources: dict[str, str] = {}
     trained_windows: dict[str, int] = {}
     slots: int | None = None
+    #: The most prompt + output tokens the server holds at once, where it
+    #: says so (llama.cpp: its slots times each slot's ``n_ctx``).
+    kv_tokens: int | None = None
+    kv_source: str | None = None
     health_route: str | None = None
     tokenize_route: str | None = None
     loading: bool = False
@@ -350,6 +354,9 @@ def _build(
         windows[m] = choice.tokens
         sources[m] = choice.source
     errors = sorted({o.error for o in observations if o.error})
+    kv = None
+    if kind == "llamacpp" and facts.slots and facts.server_window:
+        kv = facts.slots * facts.server_window
     return ServerInfo(
         url=url,
         kind=kind,
@@ -363,6 +370,8 @@ def _build(
         window_sources=sources,
         trained_windows=dict(facts.trained),
         slots=facts.slots,
+        kv_tokens=kv,
+        kv_source="props" if kv is not None else None,
         health_route=facts.health_route or facts.fallback_health,
         tokenize_route="/tokenize" if kind in ("llamacpp", "vllm", "tgi") else None,
         loading=facts.loading,

@@ -65,6 +65,7 @@ from lmgate.policies._retry import (
 )
 from lmgate.policies._sample import OUTCOME_CLASSES, OutcomeClass, Sample
 from lmgate.policies._throttle import Throttle, ThrottleState, ThrottleStatistics
+from lmgate.policies._token_budget import TokenBudget, TokenBudgetStatistics, TokenSettings
 from lmgate.policies._vegas import Vegas, VegasState
 from lmgate.policies.resources import (
     RECOMMENDATIONS,
@@ -129,6 +130,9 @@ __all__ = [
     "Throttle",
     "ThrottleState",
     "ThrottleStatistics",
+    "TokenBudget",
+    "TokenBudgetStatistics",
+    "TokenSettings",
     "Transition",
     "UserClassifier",
     "Vegas",

@@ -28,13 +28,14 @@ from lmgate._errors import (
 )
 from lmgate.actors._messages import Routing
 from lmgate.policies._queueing import QueueControl, QueueControlState
-from lmgate.policies._sample import OutcomeClass, Sample
+from lmgate.policies._sample import OutcomeClass
+from lmgate.scheduler._feedback import feed_back
 from lmgate.scheduler._hooks import HookedRequest
 from lmgate.scheduler._lease import EventLike, Lease, Waiter
 from lmgate.scheduler._outcomes import OUTCOMES, classify_error
 from lmgate.scheduler._queue import RequestQueue
 from lmgate.scheduler._queue_control import next_waiter, predicted_done
-from lmgate.scheduler._slot import EndpointSlot, window_fits
+from lmgate.scheduler._slot import EndpointSlot, Size, fits, tokens_fit, too_large, window_fits
 from lmgate.scheduler._throttling import Throttling
 
 __all__ = ["Admission", "SubmitWatch"]
@@ -126,6 +127,7 @@ class Admission:
         exclude: Collection[int] | None = None,
         count: bool = True,
         min_window: int | None = None,
+        size: Size | None = None,
         request: HookedRequest | None = None,
         watched: bool = False,
     ) -> Lease | Waiter:
@@ -137,12 +139,22 @@ class Admission:
         takes whichever endpoint frees up first.  ``min_window`` is the
         smallest context window that can take the request's prompt: only
         endpoints with such a window (or an unknown one) are given it.
+        ``size`` is (prompt tokens, max_tokens) as far as known: an endpoint
+        with a KV budget grants it only while its tokens fit.
         """
         if self.watch is not None and not watched:
             # Hooks or resource pressure: the watch looks first, then calls
             # back with watched=True (a retry passes its hooks as request).
             return self.watch.submit(
-                model, priority, deadline, now, exclude, count, request, min_window=min_window
+                model,
+                priority,
+                deadline,
+                now,
+                exclude,
+                count,
+                request,
+                min_window=min_window,
+                size=size,
             )
         slots = self.by_model.get(model)
         if slots is None and not self.closed:
@@ -154,12 +166,15 @@ class Admission:
             self.outcomes["closed"] += 1
             raise SchedulerClosed("the scheduler is closed")
         assert slots is not None
+        if size is not None and (error := too_large(slots, model, size)) is not None:
+            self.outcomes["rejected"] += 1
+            raise error
         if not self.queue.waiting(model):
             throttling = self.throttling
             refusals = throttling.refusals if throttling is not None else 0
-            slot = self._pick(slots, now, exclude, model, min_window)
+            slot = self._pick(slots, now, exclude, model, min_window, size)
             if slot is not None:
-                return self._grant(slot, model, priority, deadline, now, now)
+                return self._grant(slot, model, priority, deadline, now, now, size)
             if throttling is not None and throttling.refused(
                 slots, now, refusals, exclude, model, min_window
             ):
@@ -184,7 +199,7 @@ class Admission:
                     f"predicted to finish in {done:.3f}s, after the {deadline - now:.3f}s left",
                     reason="deadline",
                 )
-        waiter = Waiter(model, priority, deadline, now, self.new_event(), min_window)
+        waiter = Waiter(model, priority, deadline, now, self.new_event(), min_window, size)
         waiter.predicted_wait = predicted
         self.queue.push(waiter, now + priority * self.aging)
         self.queued += 1
@@ -252,6 +267,7 @@ class Admission:
         slot = lease._slot
         slot.in_flight -= 1
         self.in_flight -= 1
+        kv = slot.kv
         self.live.discard(lease)
         if error is not None and outcome is None:
             outcome, retry_after = classify_error(error, slot.endpoint.classify)
@@ -273,38 +289,19 @@ class Admission:
         duration = now - lease.granted_at
         if outcome == "success" or result == "deadline_exceeded":
             slot.durations.observe(duration)
+        if kv is not None:
+            kv.give(lease._charge)
+            if outcome == "success":
+                kv.observe(lease._prompt_tokens, lease._output_tokens)
+            elif outcome == "overload":
+                kv.full()
         if outcome == "success":
             prev = slot.service_time
             slot.service_time = (
                 duration if prev is None else prev + _SERVICE_ALPHA * (duration - prev)
             )
         if slot.feedback is not None:
-            sample = Sample(
-                start=lease.granted_at,
-                duration=duration,
-                in_flight=lease.in_flight_at_grant,
-                outcome=outcome,
-                ttft=lease._ttft,
-                prompt_tokens=lease._prompt_tokens,
-                output_tokens=lease._output_tokens,
-                retry_after=retry_after,
-                model=lease.endpoint.model,
-            )
-            try:
-                slot.feedback.send_nowait(sample)
-            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                slot.dropped_samples += 1
-            else:
-                # Anticipate the endpoint actor, which has this sample and will
-                # answer with the routing: until then, grant nothing more here,
-                # or every queued request would meet the same refusal first.
-                pause = retry_after is not None and 0 < retry_after < math.inf
-                if slot.routing == "up" and (
-                    outcome == "loading" or (outcome == "overload" and pause)
-                ):
-                    slot.routing = "held"  # the server asked for a pause
-                elif slot.trials is not None and (outcome == "error" or outcome == "timeout"):
-                    slot.trials = 0  # a half-open trial failed; the actor re-sends trials
+            feed_back(slot, lease, duration, outcome, retry_after)
         if self.throttling is not None:
             self.throttling.record(slot, outcome, now)
         if lease._coordinated and self.on_release is not None:
@@ -343,7 +340,8 @@ class Admission:
             for model in list(self.queue.models_waiting()):
                 head = self.queue.peek(model)
                 need = head[2].min_window if head is not None else None
-                slot = self._pick(self.by_model[model], now, None, model, need)
+                size = head[2].size if head is not None else None
+                slot = self._pick(self.by_model[model], now, None, model, need, size)
                 if slot is None:
                     continue
                 if head is not None and (best is None or head[:2] < best[0]):
@@ -389,8 +387,9 @@ class Admission:
         exclude: Collection[int] | None = None,
         model: str = "",
         need: int | None = None,
+        size: Size | None = None,
     ) -> EndpointSlot | None:
-        """The least loaded endpoint (relative to its limit) with room (and window)."""
+        """The least loaded endpoint (relative to its limit) with room (window, tokens)."""
         best: EndpointSlot | None = None
         best_load = 2.0
         for s in slots:
@@ -402,6 +401,8 @@ class Admission:
             if s.in_flight >= limit:
                 continue
             if s.throttle is not None and s.throttle(now):
+                continue
+            if s.kv is not None and not tokens_fit(s, size):
                 continue
             load = s.in_flight / limit
             if load < best_load:
@@ -416,6 +417,7 @@ class Admission:
         deadline: float,
         now: float,
         submitted_at: float,
+        size: Size | None = None,
     ) -> Lease:
         slot.in_flight += 1
         if slot.in_flight > slot.peak_in_flight:
@@ -431,6 +433,12 @@ class Admission:
             slot.in_flight,
             now - submitted_at,
         )
+        kv = slot.kv
+        if kv is not None:
+            lease._charge = kv.charge(None, None) if size is None else kv.charge(size[0], size[1])
+            kv.take(lease._charge)
+        if size is not None and size[0] is not None:
+            lease._prompt_tokens = size[0]  # an estimate, until the caller reports
         self.live.add(lease)
         return lease
 
@@ -440,7 +448,13 @@ class Admission:
         if self.control is not None:
             self.control.record_wait(waiter.predicted_wait, now - waiter.enqueued_at)
         waiter.lease = self._grant(
-            slot, waiter.model, waiter.priority, waiter.deadline, now, waiter.enqueued_at
+            slot,
+            waiter.model,
+            waiter.priority,
+            waiter.deadline,
+            now,
+            waiter.enqueued_at,
+            waiter.size,
         )
         waiter.lease._request = waiter._request
         waiter.event.set()
@@ -461,13 +475,13 @@ class Admission:
                 throttling = self.throttling
                 if throttling is None or not throttling.must_refuse(self.slots, slot, now):
                     return
-                refused = self.queue.best_fitting(slot.models, slot.endpoint.window_for)
+                refused = self.queue.best_fitting(slot.models, lambda w: fits(slot, w))
                 if refused is None:
                     return
                 self._refuse(refused, throttling.rejected(refused.model), "rejected")
                 continue
             if self.control is None:
-                waiter = self.queue.best_fitting(slot.models, slot.endpoint.window_for)
+                waiter = self.queue.best_fitting(slot.models, lambda w: fits(slot, w))
             else:
                 peers = [p for p in self.slots if p is slot or set(p.models) & set(slot.models)]
                 decision = next_waiter(self.control, self.queue, slot, peers, now)

@@ -33,9 +33,11 @@ __all__ = [
     "check_priority",
     "coordination_outcome",
     "deadline_of",
+    "size_of",
 ]
 
 MAX_PRIORITY = 1_000_000
+MAX_TOKENS = 100_000_000
 
 
 def check_model(model: object) -> None:
@@ -48,6 +50,25 @@ def check_priority(priority: object) -> None:
         raise InvalidParameter(
             f"priority must be an int in [-{MAX_PRIORITY}, {MAX_PRIORITY}]", field="priority"
         )
+
+
+def size_of(
+    prompt_tokens: object, max_tokens: object, estimate: int | None = None
+) -> tuple[int | None, int | None] | None:
+    """A request's (prompt, max_tokens) size for the KV budget, checked.
+
+    ``estimate`` is the prompt's size counted from its messages, used when
+    the caller gave no ``prompt_tokens``; None when nothing is known.
+    """
+    for field, value in (("prompt_tokens", prompt_tokens), ("max_tokens", max_tokens)):
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOKENS):
+            raise InvalidParameter(
+                f"{field} must be None or an int in [0, {MAX_TOKENS}]", field=field
+            )
+    prompt = prompt_tokens if prompt_tokens is not None else estimate
+    if prompt is None and max_tokens is None:
+        return None
+    return (prompt, max_tokens)  # type: ignore[return-value]
 
 
 def deadline_of(timeout: object, clock: Callable[[], float]) -> float:

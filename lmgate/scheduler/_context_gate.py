@@ -68,15 +68,22 @@ _WARMUP = 8
 class ContextRequest:
     """A request's prompt, validated once: its messages, reserve and window need."""
 
-    __slots__ = ("messages", "model", "need", "reserve")
+    __slots__ = ("messages", "model", "need", "prompt_tokens", "reserve")
 
     def __init__(
-        self, messages: tuple[Message, ...], model: str, reserve: int, need: int | None
+        self,
+        messages: tuple[Message, ...],
+        model: str,
+        reserve: int,
+        need: int | None,
+        prompt_tokens: int | None = None,
     ) -> None:
         self.messages = messages
         self.model = model
         self.reserve = reserve
         self.need = need
+        #: The prompt's size counted for an endpoint with a KV budget (None: none has one).
+        self.prompt_tokens = prompt_tokens
 
     def __repr__(self) -> str:
         return f"<ContextRequest {self.model} messages={len(self.messages)} need={self.need}>"
@@ -163,7 +170,23 @@ class ContextGate:
         else:
             reserve = max_tokens
         need = self._need(adm, model, msgs, reserve, priority) if route else None
-        return ContextRequest(msgs, model, reserve, need)
+        size = self.prompt_size(adm, model, msgs, reserve)
+        return ContextRequest(msgs, model, reserve, need, size)
+
+    def prompt_size(
+        self, adm: Admission, model: str, msgs: tuple[Message, ...], reserve: int = 0
+    ) -> int | None:
+        """The prompt's tokens by the counter of the first endpoint with a KV budget,
+        as fitted to that endpoint's window (what will be sent)."""
+        for s in adm.by_model.get(model, ()):
+            if s.kv is not None:
+                count = self.counter_for(s.endpoint.name)
+                tokens = sum(count(m) for m in msgs)
+                window = s.endpoint.window_for(model)
+                if window is not None:
+                    tokens = min(tokens, max(0, window - reserve))
+                return tokens
+        return None
 
     def _need(
         self, adm: Admission, model: str, msgs: tuple[Message, ...], reserve: int, priority: int

@@ -87,6 +87,7 @@ class SchedulerInternals(Protocol):
         timeout: float | None = None,  # noqa: ASYNC109 -- the API's relative deadline
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
     ) -> Lease: ...
 
 

@@ -90,6 +90,7 @@ class Lease:
 
     __slots__ = (
         "_admission",
+        "_charge",
         "_coordinated",
         "_output_tokens",
         "_prompt_tokens",
@@ -137,6 +138,8 @@ class Lease:
         self._ttft: float | None = None
         self._prompt_tokens: int | None = None
         self._output_tokens: int | None = None
+        #: Tokens charged to the endpoint's KV budget while this lease holds it.
+        self._charge = 0
         #: Set by whoever hands the lease's work to other code (a transport's
         #: response stream): a weak reference to how the controller reclaims
         #: it (``Reclaimable``), so the work can still be garbage-collected.
@@ -236,6 +239,7 @@ class Waiter:
         "predicted_wait",
         "priority",
         "queued",
+        "size",
     )
 
     def __init__(
@@ -246,6 +250,7 @@ class Waiter:
         now: float,
         event: EventLike,
         min_window: int | None = None,
+        size: tuple[int | None, int | None] | None = None,
     ) -> None:
         self.model = model
         self.priority = priority
@@ -260,6 +265,8 @@ class Waiter:
         self._request: HookedRequest | None = None
         #: The smallest context window that can take its prompt (None: any).
         self.min_window = min_window
+        #: (prompt tokens, max_tokens) as far as known, for the KV budget.
+        self.size = size
 
     def take_error(self) -> BaseException | None:
         """The refusal to raise, handed over once.

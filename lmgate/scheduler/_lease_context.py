@@ -37,6 +37,7 @@ class _Holder(Protocol):
         timeout: float | None = None,  # noqa: ASYNC109 -- the API's relative deadline
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
     ) -> Lease: ...
 
 
@@ -50,6 +51,7 @@ class LeaseContext:
         "_messages",
         "_model",
         "_priority",
+        "_prompt_tokens",
         "_sched",
         "_timeout",
         "_token",
@@ -63,6 +65,7 @@ class LeaseContext:
         timeout: float | None,
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
     ):
         self._sched = sched
         self._model = model
@@ -70,6 +73,7 @@ class LeaseContext:
         self._timeout = timeout
         self._messages = messages
         self._max_tokens = max_tokens
+        self._prompt_tokens = prompt_tokens
         self._lease: Lease | None = None
         self._token: Token[object] | None = None
 
@@ -82,6 +86,7 @@ class LeaseContext:
             timeout=self._timeout,
             messages=self._messages,
             max_tokens=self._max_tokens,
+            prompt_tokens=self._prompt_tokens,
         )
         scope = self._sched._new_scope(deadline=lease.deadline)
         lease._scope = scope

@@ -217,17 +217,16 @@ class RequestQueue:
         """The live waiters for ``model``, in no particular order."""
         return [e[2] for e in self._heaps.get(model, ()) if e[2].queued]
 
-    def best_fitting(
-        self, models: Iterable[str], window_of: Callable[[str], int | None]
-    ) -> Waiter | None:
-        """Pop the most urgent live waiter across ``models`` whose prompt fits.
+    def best_fitting(self, models: Iterable[str], fits: Callable[[Waiter], bool]) -> Waiter | None:
+        """Pop the most urgent live waiter across ``models`` that ``fits`` the slot.
 
-        ``window_of(model)`` is the context window of the slot being filled.
-        A head that needs a larger window stays (another endpoint will take
+        ``fits`` says whether the slot being filled can take a waiter now
+        (its prompt fits the window, its tokens the budget).  A head that
+        does not fit stays (another endpoint, or more room later, will take
         it) and the most urgent waiter behind it that fits goes instead, so
-        a small endpoint is not left idle behind a long prompt.  That scan is
-        linear in the model's queue, and only happens when the head does not
-        fit.
+        a slot is not left idle behind a long prompt; the head's own wait
+        is bounded by its deadline.  The scan is linear in the model's
+        queue, and only happens when the head does not fit.
         """
         best: tuple[float, int, Waiter] | None = None
         for model in models:
@@ -236,21 +235,13 @@ class RequestQueue:
             head = self._head(model)
             if head is None:
                 continue
-            need = head[2].min_window
-            if need is not None:
-                window = window_of(model)
-                if window is not None and window < need:
-                    head = min(
-                        (
-                            e
-                            for e in self._heaps[model]
-                            if e[2].queued
-                            and (e[2].min_window is None or e[2].min_window <= window)
-                        ),
-                        default=None,
-                    )
-                    if head is None:
-                        continue
+            if not fits(head[2]):
+                head = min(
+                    (e for e in self._heaps[model] if e[2].queued and fits(e[2])),
+                    default=None,
+                )
+                if head is None:
+                    continue
             if best is None or head[:2] < best[:2]:
                 best = head
         if best is None:

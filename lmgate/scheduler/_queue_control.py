@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from lmgate._errors import Rejected
 from lmgate.policies._queueing import QueueControlState
+from lmgate.scheduler._slot import fits
 
 if TYPE_CHECKING:
     from lmgate.scheduler._lease import Waiter
@@ -109,11 +110,11 @@ def next_waiter(
     while True:
         waiter = queue.newest(models) if mode == "lifo" else None
         # A request without a deadline gains nothing by going first.
-        if waiter is not None and waiter.deadline != math.inf and _fits(slot, waiter):
+        if waiter is not None and waiter.deadline != math.inf and fits(slot, waiter):
             queue.take(waiter)
             control.lifo_served += 1
         else:
-            waiter = queue.best_fitting(models, slot.endpoint.window_for)
+            waiter = queue.best_fitting(models, lambda w: fits(slot, w))
         if waiter is None:
             return decision
         behind = sum(queue.waiting(m) for m in models)
@@ -130,10 +131,3 @@ def next_waiter(
             continue
         decision.waiter = waiter
         return decision
-
-
-def _fits(slot: EndpointSlot, waiter: Waiter) -> bool:
-    if waiter.min_window is None:
-        return True
-    window = slot.endpoint.window_for(waiter.model)
-    return window is None or window >= waiter.min_window

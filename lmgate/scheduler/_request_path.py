@@ -22,7 +22,7 @@ import anyio
 from lmgate._errors import DeadlineExceeded, SchedulerClosed
 from lmgate.context._messages import Message
 from lmgate.scheduler._admission import Admission
-from lmgate.scheduler._arguments import coordination_outcome
+from lmgate.scheduler._arguments import coordination_outcome, size_of
 from lmgate.scheduler._context_gate import ContextRequest
 from lmgate.scheduler._coordinator import Coordinator
 from lmgate.scheduler._core import SchedulerInternals
@@ -121,6 +121,7 @@ async def run_call(
     timeout: float | None,  # noqa: ASYNC109 -- becomes the request's one deadline
     messages: Iterable[Message | Mapping[str, Any]] | None,
     max_tokens: int | None,
+    prompt_tokens: int | None = None,
 ) -> T:
     """``Scheduler.run()`` without retries: one cancel scope is the wait's and the call's.
 
@@ -135,6 +136,7 @@ async def run_call(
             timeout=timeout,
             messages=messages,
             max_tokens=max_tokens,
+            prompt_tokens=prompt_tokens,
         )
         waiter = None
     else:
@@ -147,7 +149,8 @@ async def run_call(
         if messages is not None:
             req = s._context.prepare(adm, model, messages, max_tokens, priority=priority)
         need = None if req is None else req.need
-        got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
+        size = size_of(prompt_tokens, max_tokens, None if req is None else req.prompt_tokens)
+        got = adm.submit(model, priority, deadline, adm.clock(), min_window=need, size=size)
         if isinstance(got, Lease):
             lease, waiter = got, None
         else:

@@ -114,6 +114,7 @@ class Retrying:
         priority: int,
         timeout: float | None,  # noqa: ASYNC109 - becomes the request's one deadline
         idempotent: bool,
+        size: tuple[int | None, int | None] | None = None,
     ) -> T:
         sched = self._sched
         adm = self._adm
@@ -131,7 +132,13 @@ class Retrying:
             if attempt > 1:
                 adm.queued -= 1  # the request's wait ends; submit counts it again
             got = adm.submit(
-                target, priority, deadline, adm.clock(), exclude=failed or None, count=attempt == 1
+                target,
+                priority,
+                deadline,
+                adm.clock(),
+                exclude=failed or None,
+                count=attempt == 1,
+                size=size,
             )
             lease: Lease | None
             waiter: Waiter | None

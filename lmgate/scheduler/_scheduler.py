@@ -45,6 +45,7 @@ from lmgate.scheduler._arguments import (
     check_model,
     check_priority,
     deadline_of,
+    size_of,
 )
 from lmgate.scheduler._context_gate import ContextGate
 from lmgate.scheduler._controller import AdmissionController
@@ -347,6 +348,7 @@ class Scheduler:
         idempotent: bool = False,
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
     ) -> T:
         """Run ``await call(lease)`` on an endpoint serving ``model``.
 
@@ -362,6 +364,10 @@ class Scheduler:
         fitted to that window in ``lease.messages`` (and ``lease.fitted``).
         A prompt that no window can take raises ContextOverflow, and
         nothing is sent.
+
+        ``prompt_tokens`` (else counted from ``messages``) and ``max_tokens``
+        size it for a KV budget (``Endpoint(kv_tokens=)``): granted while its
+        tokens fit; larger than every budget, it raises ContextOverflow.
         """
         if not callable(call):
             raise InvalidParameter("call must be an async callable taking the lease", field="call")
@@ -370,12 +376,18 @@ class Scheduler:
         if self._retrying is not None:
             if type(idempotent) is not bool:
                 raise InvalidParameter("idempotent must be a bool", field="idempotent")
+            size = size_of(prompt_tokens, max_tokens)
             if messages is not None:  # each attempt fits the prompt to its own endpoint
-                adm = self._admission
-                prompt = self._context.prepare(adm, "", messages, max_tokens, route=False)
-                call = self._context.wrap(call, prompt)
-            return await self._retrying.run(call, model, priority, timeout, idempotent)
-        return await run_call(self, call, model, priority, timeout, messages, max_tokens)
+                ctx, adm = self._context, self._admission
+                prompt = ctx.prepare(adm, "", messages, max_tokens, route=False)
+                call = ctx.wrap(call, prompt)
+                if prompt_tokens is None and type(model) is str:
+                    counted = ctx.prompt_size(adm, model, prompt.messages, prompt.reserve)
+                    size = size_of(None, max_tokens, counted)
+            return await self._retrying.run(call, model, priority, timeout, idempotent, size)
+        return await run_call(
+            self, call, model, priority, timeout, messages, max_tokens, prompt_tokens
+        )
 
     def lease(
         self,
@@ -385,6 +397,7 @@ class Scheduler:
         timeout: float | None = None,
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
     ) -> LeaseContext:
         """``async with sched.lease(model=...) as lease:`` -- hold a slot for a block.
 
@@ -392,7 +405,7 @@ class Scheduler:
         path, releases the slot.  ``messages`` and ``max_tokens`` as in
         :meth:`run`: the fitted prompt is ``lease.messages``.
         """
-        return LeaseContext(self, model, priority, timeout, messages, max_tokens)
+        return LeaseContext(self, model, priority, timeout, messages, max_tokens, prompt_tokens)
 
     async def acquire(
         self,
@@ -402,12 +415,13 @@ class Scheduler:
         timeout: float | None = None,  # noqa: ASYNC109 -- the API's relative deadline
         messages: Iterable[Message | Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
     ) -> Lease:
         """Wait for a lease that the caller must ``release()`` itself.
 
-        For work whose release happens in another task or callback (a
-        response stream closed later); ``run()`` and ``lease()`` are safer.
-        The deadline is not enforced on the work: check ``lease.remaining()``.
+        For work released in another task or callback (a stream closed later);
+        ``run()`` and ``lease()`` are safer.  The deadline is not enforced on
+        the work: check ``lease.remaining()``.  Arguments as in :meth:`run`.
         """
         if type(priority) is not int:
             priority = as_priority(priority)
@@ -415,16 +429,15 @@ class Scheduler:
         if type(model) is not str:
             model = str.__str__(model)
         adm = self._admission
-        req = (
-            None
-            if messages is None
-            else self._context.prepare(adm, model, messages, max_tokens, priority=priority)
-        )
-        need = None if req is None else req.need
-        got = adm.submit(model, priority, deadline, adm.clock(), min_window=need)
-        lease = got if isinstance(got, Lease) else await wait_granted(self._admission, got)
+        req, need, counted = None, None, None
+        if messages is not None:
+            req = self._context.prepare(adm, model, messages, max_tokens, priority=priority)
+            need, counted = req.need, req.prompt_tokens
+        size = size_of(prompt_tokens, max_tokens, counted)
+        got = adm.submit(model, priority, deadline, adm.clock(), min_window=need, size=size)
+        lease = got if isinstance(got, Lease) else await wait_granted(adm, got)
         if self._coordinator is not None:
-            await coordinate(self._admission, self._coordinator, lease)
+            await coordinate(adm, self._coordinator, lease)
         if req is not None:
             await self._context.fit_held(lease, req)
         return lease
@@ -435,8 +448,6 @@ class Scheduler:
         check_model(model)
         check_priority(priority)
         return deadline_of(timeout, self._admission.clock)
-
-    # -- introspection ----------------------------------------------------------------------
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:

@@ -3,21 +3,38 @@
 Only ``Admission`` mutates a slot (on the event loop, with no await between
 check and update); the endpoint actor's news reaches it as messages the
 controller applies.  ``window_fits`` is the one rule for whether a prompt
-of a given size may go to a slot.
+of a given size may go to a slot, ``tokens_fit`` for whether a request's
+tokens fit its KV budget now, and ``fits`` both for a queued request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import final
+from typing import Protocol, final
 
 from anyio.streams.memory import MemoryObjectSendStream
 
 from lmgate._endpoint import Endpoint, EndpointRef
+from lmgate._errors import ContextOverflow
 from lmgate.actors._messages import EndpointMessage, Routing
 from lmgate.policies._queueing import ServiceWindow
+from lmgate.policies._token_budget import TokenBudget
 
-__all__ = ["EndpointSlot", "window_fits"]
+__all__ = ["EndpointSlot", "Size", "fits", "tokens_fit", "too_large", "window_fits"]
+
+#: A request's size in tokens as far as it is known: (prompt, max_tokens).
+Size = tuple[int | None, int | None]
+
+
+class Queued(Protocol):
+    """What the fit rules read of a queued request (``_lease.Waiter``)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def min_window(self) -> int | None: ...
+    @property
+    def size(self) -> Size | None: ...
 
 
 @final
@@ -32,6 +49,7 @@ class EndpointSlot:
         "feedback",
         "in_flight",
         "index",
+        "kv",
         "models",
         "peak_in_flight",
         "peak_limit",
@@ -77,6 +95,12 @@ class EndpointSlot:
         self.dropped_samples = 0
         # Optional client-side throttle: returns True to refuse a request now.
         self.throttle: Callable[[float], bool] | None = None
+        #: The server's KV budget and what is charged to it, when known.
+        self.kv: TokenBudget | None = (
+            None
+            if endpoint.kv_tokens is None
+            else TokenBudget(endpoint.kv_tokens, endpoint.kv_source or "user")
+        )
 
     @property
     def limit(self) -> int:
@@ -102,3 +126,47 @@ def window_fits(slot: EndpointSlot, model: str, need: int | None) -> bool:
         return True
     window = slot.endpoint.window_for(model)
     return window is None or window >= need
+
+
+def tokens_fit(slot: EndpointSlot, size: Size | None) -> bool:
+    """Whether a request of ``size`` fits ``slot``'s KV budget now (True without one)."""
+    kv = slot.kv
+    if kv is None:
+        return True
+    if size is None:
+        return kv.fits(kv.charge(None, None))
+    prompt, max_tokens = size
+    if prompt is not None and prompt + (max_tokens or 0) > kv.budget:
+        return False  # never here: another endpoint's budget can take it
+    return kv.fits(kv.charge(prompt, max_tokens))
+
+
+def fits(slot: EndpointSlot, waiter: Queued) -> bool:
+    """Whether ``slot`` can take the queued ``waiter`` now: window and tokens."""
+    return window_fits(slot, waiter.model, waiter.min_window) and tokens_fit(slot, waiter.size)
+
+
+def too_large(slots: tuple[EndpointSlot, ...], model: str, size: Size) -> ContextOverflow | None:
+    """The refusal of a request larger than every KV budget serving ``model``.
+
+    Its need is ``prompt + max_tokens`` (the most it can hold); an endpoint
+    without a budget could take anything, so then nothing is refused.
+    """
+    prompt, max_tokens = size
+    if prompt is None:
+        return None
+    need = prompt + (max_tokens or 0)
+    largest = 0
+    for s in slots:
+        if s.kv is None:
+            return None
+        largest = max(largest, s.kv.budget)
+    if need <= largest:
+        return None
+    return ContextOverflow(
+        f"request needs {need} tokens of KV cache ({prompt} prompt + {max_tokens or 0}"
+        f" max_tokens); the largest budget serving {model!r} is {largest}",
+        tokens=need,
+        window=largest,
+        before_send=True,
+    )

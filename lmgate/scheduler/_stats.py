@@ -13,6 +13,7 @@ from lmgate.context._report import ContextStatistics
 from lmgate.observability._events import EventHubStatistics
 from lmgate.policies._limit import LimitState, LimitStatistics
 from lmgate.policies._throttle import ThrottleStatistics
+from lmgate.policies._token_budget import TokenBudgetStatistics
 from lmgate.scheduler._admission import Admission
 from lmgate.scheduler._discovery_watch import DiscoveryStatistics
 from lmgate.scheduler._pressure import ResourcesStatistics
@@ -70,6 +71,9 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     discovery: DiscoveryStatistics | None = None
     #: Client-side throttling of this endpoint: window counts and refusals.
     throttle: ThrottleStatistics | None = None
+    #: The KV budget (``Endpoint(kv_tokens=)`` or learned), what is charged
+    #: to it and where the figure came from; None without one.
+    tokens: TokenBudgetStatistics | None = None
 
 
 @final
@@ -143,6 +147,7 @@ def snapshot(
                 policy=state.statistics(),
                 discovery=discovery(slot.endpoint.name),
                 throttle=throttles.get(slot.endpoint.name),
+                tokens=slot.kv.statistics() if slot.kv is not None else None,
                 **(resilience_fields(a) if a else {}),
             )
         )

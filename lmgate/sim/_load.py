@@ -45,6 +45,8 @@ class LoadRequest(msgspec.Struct, frozen=True, kw_only=True):
     issued_at: float
     prompt_tokens: int | None
     output_tokens: int | None
+    #: The output cap the request states (the scheduler sizes it by it).
+    max_tokens: int | None = None
     timeout: float | None
     priority: int
     server: str | None
@@ -103,9 +105,8 @@ class _Run:
             prompt_tokens=None
             if spec.prompt_tokens is None
             else spec.prompt_tokens.sample_int(rng),
-            output_tokens=None
-            if spec.output_tokens is None
-            else spec.output_tokens.sample_int(rng),
+            output_tokens=_capped(spec, rng),
+            max_tokens=spec.max_tokens,
             timeout=spec.timeout,
             priority=spec.priority,
             server=spec.server,
@@ -240,3 +241,11 @@ async def run_load(
         started=start,
         ended=anyio.current_time(),
     )
+
+
+def _capped(spec: ClientSpec, rng: random.Random) -> int | None:
+    """A sampled output length, no longer than the ``max_tokens`` the client states."""
+    if spec.output_tokens is None:
+        return None
+    n = spec.output_tokens.sample_int(rng)
+    return n if spec.max_tokens is None else min(n, spec.max_tokens)

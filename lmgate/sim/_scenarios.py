@@ -54,8 +54,9 @@ class ClientSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     ``closed`` ones are ``clients`` workers that each wait for an answer and
     ``think`` before the next request.  ``phases`` change the rate or the
     number of workers over time.  Sizes left unset fall back to the server's
-    distributions; ``timeout`` and ``priority`` are what the client asks the
-    scheduler for.
+    distributions; ``timeout``, ``priority`` and ``max_tokens`` (the output
+    cap each request states, which also caps its sampled output) are what
+    the client asks the scheduler for.
     """
 
     name: str
@@ -67,6 +68,7 @@ class ClientSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     think: Dist = Dist.fixed(0)
     prompt_tokens: Dist | None = None
     output_tokens: Dist | None = None
+    max_tokens: int | None = None
     timeout: float | None = None
     priority: int = 0
     start: float = 0.0
@@ -80,6 +82,8 @@ class ClientSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         check_float("rate", self.rate)
         check_int("clients", self.clients, low=0, high=100_000)
         check_int("priority", self.priority, low=-1_000_000, high=1_000_000)
+        if self.max_tokens is not None:
+            check_int("max_tokens", self.max_tokens, low=1, high=1_000_000)
         check_float("start", self.start)
         if self.timeout is not None:
             check_float("timeout", self.timeout, low=0.0, low_open=True)

@@ -159,7 +159,19 @@ class SteppedServer:
         kwargs.setdefault("kind", "sim")
         kwargs.setdefault("local", True)
         kwargs.setdefault("context_window", self._window)
+        kwargs.setdefault("kv_tokens", self.kv_tokens)
         return Endpoint(self.config.name, url=self.url, **kwargs)
+
+    @property
+    def kv_tokens(self) -> int:
+        """The most prompt + output tokens the engine holds at once, as the real
+        server tells it (vLLM: blocks times block size; llama.cpp: ``n_ctx``)."""
+        cfg = self.config
+        if isinstance(cfg, VLLMConfig):
+            return cfg.kv_blocks * cfg.block_size
+        if isinstance(cfg, LlamaCppConfig):
+            return cfg.n_ctx
+        return cfg.n_ctx * cfg.num_parallel
 
     # -- faults -----------------------------------------------------------------
 

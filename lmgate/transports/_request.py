@@ -180,13 +180,23 @@ def chat_prompt(
         messages = to_messages(raw)
     except InvalidParameter:
         return None
+    return messages, output_budget(payload)
+
+
+def output_budget(payload: Mapping[str, Any] | None) -> int | None:
+    """A body's output budget: ``max_completion_tokens`` or ``max_tokens``
+    (``n_predict`` for llama.cpp, ``options.num_predict`` for Ollama)."""
+    if payload is None:
+        return None
     budget = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    if budget is None:
+        budget = payload.get("n_predict")
     options = payload.get("options")
     if budget is None and isinstance(options, dict):
         budget = options.get("num_predict")
     if type(budget) is not int or not 0 <= budget <= 100_000_000:
-        budget = None
-    return messages, budget
+        return None
+    return budget
 
 
 def timeouts(request: httpx.Request, ep: Endpoint | None, lease: _HasDeadline) -> dict[str, float]:

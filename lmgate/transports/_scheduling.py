@@ -49,6 +49,7 @@ from lmgate.transports._pool import ClientPool, pooled_transport
 from lmgate.transports._request import (
     chat_prompt,
     json_object,
+    output_budget,
     params,
     prompt_chars,
     read_bounded,
@@ -91,6 +92,7 @@ class LeaseSource(Protocol):
         timeout: float | None = None,  # noqa: ASYNC109 -- the scheduler's own signature
         messages: Sequence[Message] | None = None,
         max_tokens: int | None = None,
+        prompt_tokens: int | None = None,
     ) -> Any: ...
 
 
@@ -208,6 +210,10 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
         window: dict[str, Any] = {}
         if prompt is not None:
             window = {"messages": prompt[0], "max_tokens": prompt[1]}
+        elif payload is not None:
+            # Sent as is: the output budget still sizes it for a KV budget
+            # (the prompt, not counted, is charged at the endpoint's typical size).
+            window = {"max_tokens": output_budget(payload)}
         self._requests += 1
         try:
             lease = await self._sched.acquire(

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, register_random, settings
 from hypothesis import strategies as st
 
 from lmgate import (
+    ContextOverflow,
     DeadlineExceeded,
     EndpointUnavailable,
     Lease,
@@ -34,6 +35,7 @@ from lmgate import (
 )
 from lmgate.policies import Fixed
 from lmgate.scheduler._admission import Admission
+from lmgate.scheduler._slot import fits
 from lmgate.scheduler._throttling import _SlotThrottle
 
 from ._support import check_identity, endpoint, lmgate_tasks
@@ -62,6 +64,8 @@ class Req:
     timeout: float | None
     behaviour: str
     duration: float
+    prompt_tokens: int | None = None
+    max_tokens: int | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     finish_now: trio.Event = field(default_factory=trio.Event)
     deadline: float = math.inf
@@ -89,6 +93,10 @@ class CounterWatch(trio.abc.Instrument):
         for s in a.slots:
             if s.in_flight > s.limit:
                 self.violations.append(f"{s.endpoint.name} over its limit")
+            if s.kv is not None:
+                charged = sum(lease._charge for lease in a.live if lease._slot is s)
+                if s.kv.in_flight != charged:
+                    self.violations.append(f"{s.endpoint.name} tokens {s.kv.in_flight} != {charged}")
 
 
 async def _fake_call(r: Req, lease: Lease, sched: Scheduler | None = None) -> None:
@@ -113,7 +121,13 @@ async def _fake_call(r: Req, lease: Lease, sched: Scheduler | None = None) -> No
 
 async def _request(sched: Scheduler, r: Req) -> None:
     r.deadline = math.inf if r.timeout is None else trio.current_time() + r.timeout
-    kw: dict[str, Any] = {"model": r.model, "priority": r.priority, "timeout": r.timeout}
+    kw: dict[str, Any] = {
+        "model": r.model,
+        "priority": r.priority,
+        "timeout": r.timeout,
+        "prompt_tokens": r.prompt_tokens,
+        "max_tokens": r.max_tokens,
+    }
     with r.scope:
         try:
             if r.api == "run":
@@ -147,7 +161,7 @@ async def _request(sched: Scheduler, r: Req) -> None:
             r.outcome = "completed"
         except (Boom, Overloaded):
             r.outcome = r.outcome or "failed"
-        except Rejected:
+        except (Rejected, ContextOverflow):
             r.outcome = "rejected"
         except DeadlineExceeded:
             r.outcome = "deadline_exceeded"
@@ -176,6 +190,8 @@ _submit = st.fixed_dictionaries(
             ["complete", "complete", "raise", "overload", "hang", "close_inside"]
         ),
         "duration": st.floats(0.0, 3.0, allow_nan=False).map(lambda x: round(x, 2)),
+        "prompt_tokens": st.one_of(st.none(), st.integers(0, 4000)),
+        "max_tokens": st.one_of(st.none(), st.integers(0, 2000)),
     }
 )
 _actions = st.sampled_from(
@@ -206,7 +222,9 @@ def _check_step(sched: Scheduler, reqs: list[Req]) -> None:
             # locally because it refuses most of it -- may sit below its limit
             # while a request waits for a healthy endpoint of the same model.)
             throttling = isinstance(slot.throttle, _SlotThrottle) and slot.throttle.active(now)
-            full = slot.in_flight >= slot.effective_limit
+            full = slot.in_flight >= slot.effective_limit or not any(
+                fits(slot, w) for w in adm.queue.waiters(model)
+            )
             assert slot.routing != "up" or full or throttling, (model, slot)
         # ...and nobody waits for a model that no endpoint can serve.
         assert any(slot.routing != "down" for slot in adm.by_model[model]), model
@@ -229,7 +247,7 @@ async def _program(data: st.DataObject) -> None:
     sched = Scheduler(
         [
             endpoint("e0", "m1"),
-            endpoint("e1", "m1", "m2", limit=Fixed(2)),
+            endpoint("e1", "m1", "m2", limit=Fixed(2), kv_tokens=3000),
             endpoint("e2", "m3", health=health),
         ],
         limit=Fixed(1),
