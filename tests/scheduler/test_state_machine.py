@@ -96,7 +96,8 @@ class CounterWatch(trio.abc.Instrument):
             if s.kv is not None:
                 charged = sum(lease._charge for lease in a.live if lease._slot is s)
                 if s.kv.in_flight != charged:
-                    self.violations.append(f"{s.endpoint.name} tokens {s.kv.in_flight} != {charged}")
+                    name = s.endpoint.name
+                    self.violations.append(f"{name} tokens {s.kv.in_flight} != {charged}")
 
 
 async def _fake_call(r: Req, lease: Lease, sched: Scheduler | None = None) -> None:

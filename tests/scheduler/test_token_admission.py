@@ -45,14 +45,16 @@ async def test_requests_wait_for_tokens_even_below_the_request_limit() -> None:
             )
         await anyio.sleep(0.5)
         stats = sched.stats()
-        assert stats.in_flight == 2 and stats.queued == 1
+        assert stats.in_flight == 2
+        assert stats.queued == 1
         tokens = stats.endpoints[0].tokens
         assert tokens is not None
         assert (tokens.budget, tokens.source, tokens.in_flight) == (1000, "user", 1000)
     starts = sorted(t - t0 for _, t in log)
     assert starts == pytest.approx([0.0, 0.0, 1.0])
     final = sched.stats()
-    assert final.endpoints[0].tokens is not None and final.endpoints[0].tokens.in_flight == 0
+    assert final.endpoints[0].tokens is not None
+    assert final.endpoints[0].tokens.in_flight == 0
     check_identity(final)
 
 
@@ -60,17 +62,11 @@ async def test_a_small_request_goes_past_a_head_that_does_not_fit_yet() -> None:
     ep = endpoint("a", "m", kv_tokens=1000, limit=Fixed(8))
     log: list[tuple[str, float]] = []
     async with Scheduler([ep]) as sched, anyio.create_task_group() as tg:
-        tg.start_soon(
-            lambda: sched.run(_sleeper(2.0, log, "big0"), model="m", prompt_tokens=700)
-        )
+        tg.start_soon(lambda: sched.run(_sleeper(2.0, log, "big0"), model="m", prompt_tokens=700))
         await anyio.sleep(0.1)
-        tg.start_soon(
-            lambda: sched.run(_sleeper(1.0, log, "big1"), model="m", prompt_tokens=700)
-        )
+        tg.start_soon(lambda: sched.run(_sleeper(1.0, log, "big1"), model="m", prompt_tokens=700))
         await anyio.sleep(0.1)
-        tg.start_soon(
-            lambda: sched.run(_sleeper(1.0, log, "small"), model="m", prompt_tokens=200)
-        )
+        tg.start_soon(lambda: sched.run(_sleeper(1.0, log, "small"), model="m", prompt_tokens=200))
     order = [name for name, _ in sorted(log, key=lambda x: x[1])]
     assert order == ["big0", "small", "big1"]
 
@@ -85,13 +81,16 @@ async def test_a_request_larger_than_every_budget_is_refused_before_anything_is_
     async with Scheduler(eps) as sched:
         with pytest.raises(ContextOverflow) as info:
             await sched.run(call, model="m", prompt_tokens=1500, max_tokens=600)
-        assert info.value.tokens == 2100 and info.value.window == 2000
+        assert info.value.tokens == 2100
+        assert info.value.window == 2000
         assert info.value.before_send
         assert "2100 tokens of KV cache" in str(info.value)
         await sched.run(call, model="m", prompt_tokens=1500, max_tokens=500)  # fits b
         stats = sched.stats()
-    assert len(called) == 1 and called[0].endpoint.name == "b"
-    assert stats.outcomes["rejected"] == 1 and stats.outcomes["completed"] == 1
+    assert len(called) == 1
+    assert called[0].endpoint.name == "b"
+    assert stats.outcomes["rejected"] == 1
+    assert stats.outcomes["completed"] == 1
     check_identity(stats)
 
 
@@ -134,18 +133,22 @@ async def test_the_charge_learns_real_output_lengths() -> None:
             await sched.run(call, model="m", prompt_tokens=100, max_tokens=4000)
         async with sched.lease(model="m", prompt_tokens=100, max_tokens=4000):
             tokens = sched.stats().endpoints[0].tokens
-            assert tokens is not None and tokens.in_flight == 150  # not 4100
+            assert tokens is not None
+            assert tokens.in_flight == 150
             assert tokens.expected_output == 50
 
 
 async def test_messages_are_counted_for_the_budget() -> None:
     ep = endpoint("a", "m", kv_tokens=100_000, context_window=50_000)
     messages = [{"role": "user", "content": "word " * 400}]
-    async with Scheduler([ep]) as sched:
-        async with sched.lease(model="m", messages=messages, max_tokens=10) as lease:
-            tokens = sched.stats().endpoints[0].tokens
-            assert tokens is not None and 300 < tokens.in_flight < 700
-            assert lease._prompt_tokens == tokens.in_flight - 10
+    async with (
+        Scheduler([ep]) as sched,
+        sched.lease(model="m", messages=messages, max_tokens=10) as lease,
+    ):
+        tokens = sched.stats().endpoints[0].tokens
+        assert tokens is not None
+        assert 300 < tokens.in_flight < 700
+        assert lease._prompt_tokens == tokens.in_flight - 10
 
 
 def test_a_probe_of_llama_cpp_gives_the_budget_as_slots_times_their_context() -> None:
