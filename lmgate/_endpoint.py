@@ -99,6 +99,7 @@ class Endpoint(_Located, frozen=True, kw_only=True):
     classify: Classifier | None = None
     health: HealthCheck | None = None
     probe: bool = False
+    server_view: bool | None = None
     ports: Sequence[int] = ()
     warmup: bool = False
     connect_timeout: float = 5.0
@@ -151,7 +152,7 @@ class Endpoint(_Located, frozen=True, kw_only=True):
             _check_str("context_windows key", m)
             _check_window("context_windows", w)
         msgspec.structs.force_setattr(self, "context_windows", dict(windows))
-        for field in ("local",):
+        for field in ("local", "server_view"):
             v = getattr(self, field)
             if v is not None and type(v) is not bool:
                 raise InvalidParameter(f"{field} must be True, False or None", field=field)

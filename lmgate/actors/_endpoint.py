@@ -55,14 +55,17 @@ from lmgate.actors._health import ActorMessage, HealthMonitor, HealthReport, Mov
 from lmgate.actors._messages import (
     ControllerMessage,
     Routing,
+    ServerBusy,
     StateChanged,
     Tick,
     UrlChanged,
 )
 from lmgate.actors._messages import LimitChanged as LimitMessage
 from lmgate.actors._resilience import Resilience
+from lmgate.actors._server_view import ServerView, ServerViewReader
 from lmgate.actors._statistics import EndpointActorStatistics, resilience_fields
 from lmgate.actors._timer import WakeTimer, warm_up
+from lmgate.detect._learn import endpoint_key
 from lmgate.observability._events import EventHub
 from lmgate.policies._breaker import BreakerStateName, Permit, Transition
 from lmgate.policies._health import url_port
@@ -121,6 +124,8 @@ class EndpointActor:
         self._key = endpoint.models[0] if len(endpoint.models) == 1 else "*"
         self._url = endpoint.url
         self._monitor: HealthMonitor | None = None
+        #: Reads the server's own view after a cancellation (``_server_view``).
+        self._viewer: ServerViewReader | None = None
         self._published_limit = limit.limit
         self._routing: tuple[Routing, str, int | None] = ("up", "healthy", None)
         self._phase_since = -math.inf
@@ -170,6 +175,12 @@ class EndpointActor:
                     resolve_timeout=self._res.resolve_timeout,
                 )
                 tg.start_soon(self._monitor.run)
+            ep = self.endpoint
+            if ep.server_view or (ep.server_view is None and ep.probe):
+                self._viewer = ServerViewReader(
+                    lambda: self._url, self._tick_send.clone(), api_key=endpoint_key(ep)
+                )
+                tg.start_soon(self._viewer.run)
             if self.endpoint.warmup and self._res.warmup is not None:
                 tg.start_soon(
                     warm_up,
@@ -212,6 +223,8 @@ class EndpointActor:
                 await self._on_probe(message, now)
             case Moved(old_url=old, new_url=new):
                 await self._on_moved(old, new, now)
+            case ServerView(at=at, busy=busy, tasks=tasks):
+                await self._controller.send(ServerBusy(self.index, at, busy, tasks))
             case WarmedUp(model=model, ok=ok):
                 self._warmups += 1
                 if ok:
@@ -224,6 +237,8 @@ class EndpointActor:
         self._by_class[sample.outcome] += 1
         outcome: OutcomeClass = sample.outcome
         reported = outcome
+        if self._viewer is not None and (outcome == "cancelled" or outcome == "timeout"):
+            self._viewer.cancelled(now)  # it may still run: watch the server let it go
         if outcome == "timeout" and not self._timeout_is_evidence(sample):
             # Granted with too little time left to tell anything.
             self._ignored_timeouts += 1

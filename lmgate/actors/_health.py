@@ -33,6 +33,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from lmgate._endpoint import Endpoint, ProbeReport
 from lmgate.actors._messages import Tick
 from lmgate.actors._resilience import Resolver, needs_resolving
+from lmgate.actors._server_view import ServerView
 from lmgate.policies._breaker import BreakerStateName
 from lmgate.policies._classify import classify
 from lmgate.policies._health import (
@@ -83,7 +84,7 @@ class WarmedUp(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 #: Everything an endpoint actor's mailbox carries.
-ActorMessage = Sample | Tick | HealthReport | Moved | WarmedUp
+ActorMessage = Sample | Tick | HealthReport | Moved | WarmedUp | ServerView
 
 #: The breaker's state and when its open time or hold ends, at ``now``.
 Pace = Callable[[float], tuple[BreakerStateName, float | None]]

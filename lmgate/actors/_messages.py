@@ -18,6 +18,7 @@ __all__ = [
     "EndpointMessage",
     "LimitChanged",
     "Routing",
+    "ServerBusy",
     "StateChanged",
     "Tick",
     "UrlChanged",
@@ -52,7 +53,22 @@ class UrlChanged(msgspec.Struct, frozen=True, tag=True):
     url: str
 
 
-ControllerMessage = LimitChanged | StateChanged | UrlChanged
+@final
+class ServerBusy(msgspec.Struct, frozen=True, tag=True):
+    """What the server itself says it is running, read at ``at``.
+
+    ``tasks`` are the ids of its busy tasks when it names them (llama.cpp's
+    ``/slots``); ``busy`` is how many requests it runs when it only counts
+    them (``requests_processing`` in its metrics).
+    """
+
+    endpoint: int
+    at: float
+    busy: int | None = None
+    tasks: frozenset[int] | None = None
+
+
+ControllerMessage = LimitChanged | StateChanged | UrlChanged | ServerBusy
 
 
 @final

@@ -149,6 +149,16 @@ class TokenBudget:
     def give(self, charge: int) -> None:
         self.in_flight = max(0, self.in_flight - charge)
 
+    def ended(
+        self, outcome: str, charge: int, prompt_tokens: int | None, output_tokens: int | None
+    ) -> None:
+        """A request ended with ``outcome``; ``charge`` of its tokens comes back now."""
+        self.give(charge)
+        if outcome == "success":
+            self.observe(prompt_tokens, output_tokens)
+        elif outcome == "overload":
+            self.full()
+
     def observe(self, prompt_tokens: int | None, output_tokens: int | None) -> None:
         """A request completed with these token counts (as reported)."""
         if output_tokens is not None and output_tokens >= 0:

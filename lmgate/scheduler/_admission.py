@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from typing import Any, Protocol, final
+from typing import final
 
 import anyio
 import msgspec
@@ -31,34 +31,22 @@ from lmgate.policies._queueing import QueueControl, QueueControlState
 from lmgate.policies._sample import OutcomeClass
 from lmgate.scheduler._feedback import feed_back
 from lmgate.scheduler._hooks import HookedRequest
-from lmgate.scheduler._lease import EventLike, Lease, Waiter
-from lmgate.scheduler._outcomes import OUTCOMES, classify_error
+from lmgate.scheduler._lease import EventLike, Lease, SubmitWatch, Waiter
+from lmgate.scheduler._occupancy import expire, linger, seen_busy
+from lmgate.scheduler._outcomes import OUTCOMES, classify_error, unknown_model
 from lmgate.scheduler._queue import RequestQueue
 from lmgate.scheduler._queue_control import next_waiter, predicted_done
-from lmgate.scheduler._slot import EndpointSlot, Size, fits, tokens_fit, too_large, window_fits
+from lmgate.scheduler._slot import (
+    EndpointSlot,
+    Size,
+    fits,
+    tokens_fit,
+    too_large,
+    window_fits,
+)
 from lmgate.scheduler._throttling import Throttling
 
-__all__ = ["Admission", "SubmitWatch"]
-
-
-class SubmitWatch(Protocol):
-    """The slow path of :meth:`Admission.submit` (``_watch.Watch``), when installed."""
-
-    def submit(
-        self,
-        model: str,
-        priority: int,
-        deadline: float,
-        now: float,
-        exclude: Collection[int] | None,
-        count: bool,
-        request: HookedRequest | None,
-        **options: Any,
-    ) -> Lease | Waiter: ...
-
-    def refused(
-        self, model: str, priority: int, outcome: str, error: BaseException, now: float
-    ) -> None: ...
+__all__ = ["Admission"]
 
 
 _SERVICE_ALPHA = 0.1
@@ -100,6 +88,8 @@ class Admission:
         self.peak_queued = 0
         self.closed = False
         self.live: set[Lease] = set()
+        #: Endpoints holding released calls their server may still run.
+        self.lingering: set[EndpointSlot] = set()
         self._drained: anyio.Event | None = None
         #: Gives a cross-process slot back (set when a coordinator is used).
         self.on_release: Callable[[Lease], None] | None = None
@@ -215,13 +205,7 @@ class Admission:
 
     def unknown_model(self, model: str) -> EndpointUnavailable:
         """The refusal of a model no endpoint serves, naming those that are served."""
-        served = tuple(sorted(self.by_model))
-        shown = ", ".join(repr(m) for m in served[:20]) + (", ..." if len(served) > 20 else "")
-        return EndpointUnavailable(
-            f"no endpoint serves model {model[:200]!r}; served: {shown}",
-            reason="unknown_model",
-            models=served,
-        )
+        return unknown_model(self.by_model, model)
 
     def predicted_wait(self, model: str, priority: int) -> float:
         """Seconds until a new request for ``model`` at ``priority`` would be done
@@ -234,8 +218,10 @@ class Admission:
     def leave(self, waiter: Waiter, outcome: str) -> None:
         """The caller stopped waiting (deadline or cancellation)."""
         if waiter.lease is not None:
-            # Granted in the same instant the caller gave up: give it back.
-            self.finish(waiter.lease, None, outcome=("cancelled"), result=outcome)
+            # Granted in the same instant the caller gave up: give it back
+            # (nothing was sent, so nothing lingers).
+            waiter.lease._sent = False
+            self.finish(waiter.lease, None, outcome="cancelled", result=outcome)
             waiter.lease = None
         elif waiter.queued:
             waiter.queued = False
@@ -289,12 +275,13 @@ class Admission:
         duration = now - lease.granted_at
         if outcome == "success" or result == "deadline_exceeded":
             slot.durations.observe(duration)
+        held = (result == "cancelled" or result == "deadline_exceeded") and linger(slot, lease, now)
+        if held:
+            self.lingering.add(slot)  # its tokens stay charged until it ends
         if kv is not None:
-            kv.give(lease._charge)
-            if outcome == "success":
-                kv.observe(lease._prompt_tokens, lease._output_tokens)
-            elif outcome == "overload":
-                kv.full()
+            kv.ended(
+                outcome, 0 if held else lease._charge, lease._prompt_tokens, lease._output_tokens
+            )
         if outcome == "success":
             prev = slot.service_time
             slot.service_time = (
@@ -326,6 +313,20 @@ class Admission:
         slot.state = state
         slot.trials = trials
 
+    def expire_lingering(self, now: float) -> None:
+        """End the lingering calls whose time is up (``_occupancy``), and hand on."""
+        for slot in expire(self.lingering, now):
+            if self.queued and slot.routing == "up":
+                self._hand_over(slot, now)
+
+    def server_busy(
+        self, index: int, busy: int | None, tasks: frozenset[int] | None, at: float, now: float
+    ) -> None:
+        """The server's own view of its busy work, read at ``at``."""
+        slot = self.slots[index]
+        if seen_busy(self.lingering, slot, busy, tasks, at) and self.queued:
+            self._hand_over(slot, now)
+
     def set_url(self, index: int, url: str) -> None:
         """The endpoint's server moved: new leases carry its new URL."""
         slot = self.slots[index]
@@ -339,13 +340,14 @@ class Admission:
             best: tuple[tuple[float, int], Waiter, EndpointSlot] | None = None
             for model in list(self.queue.models_waiting()):
                 head = self.queue.peek(model)
-                need = head[2].min_window if head is not None else None
-                size = head[2].size if head is not None else None
-                slot = self._pick(self.by_model[model], now, None, model, need, size)
-                if slot is None:
+                if head is None:
                     continue
-                if head is not None and (best is None or head[:2] < best[0]):
-                    best = (head[:2], head[2], slot)
+                first = head[2]
+                slot = self._pick(
+                    self.by_model[model], now, None, model, first.min_window, first.size
+                )
+                if slot is not None and (best is None or head[:2] < best[0]):
+                    best = (head[:2], first, slot)
             if best is None:
                 break
             _, waiter, slot = best
@@ -357,12 +359,9 @@ class Admission:
                     self._hand_over(s, now)
         for model in list(self.queue.models_waiting()):
             if all(s.routing == "down" for s in self.by_model[model]):
+                down = f"every endpoint serving {model!r} is down"
                 while (w := self.queue.pop(model)) is not None:
-                    self._refuse(
-                        w,
-                        EndpointUnavailable(f"every endpoint serving {model!r} is down"),
-                        "unavailable",
-                    )
+                    self._refuse(w, EndpointUnavailable(down), "unavailable")
 
     def close(self) -> None:
         """Admit nothing more; end every queued request with ``SchedulerClosed``."""
@@ -398,13 +397,13 @@ class Admission:
             if need is not None and not window_fits(s, model, need):
                 continue
             limit = s.effective_limit
-            if s.in_flight >= limit:
+            if s.in_flight + s.held >= limit:
                 continue
             if s.throttle is not None and s.throttle(now):
                 continue
             if s.kv is not None and not tokens_fit(s, size):
                 continue
-            load = s.in_flight / limit
+            load = (s.in_flight + s.held) / limit
             if load < best_load:
                 best, best_load = s, load
         return best
@@ -469,7 +468,7 @@ class Admission:
         waiter.event.set()
 
     def _hand_over(self, slot: EndpointSlot, now: float) -> None:
-        while not self.paused and slot.in_flight < slot.effective_limit:
+        while not self.paused and slot.in_flight + slot.held < slot.effective_limit:
             if slot.throttle is not None and slot.throttle(now):
                 # Throttled: a request with nowhere else to go fails fast.
                 throttling = self.throttling

@@ -8,7 +8,10 @@ appears.  Every ``sweep_interval`` seconds it also takes back the leases
 nobody else will release in time (``_reclaim.overdue``): work past its
 deadline, a response stream whose task is gone, one left unread.  The slot
 is freed at once; closing the response (so the server stops) runs in the
-actor's own task group, bounded.
+actor's own task group, bounded.  Calls the server may still be running
+after their caller gave up (``_occupancy``) are let go when their time is
+up -- the actor wakes for the first of them -- or when the server's own
+view (``ServerBusy``) shows them gone.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import anyio.abc
 from lmgate.actors._messages import (
     ControllerMessage,
     LimitChanged,
+    ServerBusy,
     StateChanged,
     UrlChanged,
 )
 from lmgate.scheduler._admission import Admission
+from lmgate.scheduler._occupancy import linger_due
 from lmgate.scheduler._reclaim import overdue, reclaim
 
 _log = logging.getLogger("lmgate.scheduler")
@@ -61,7 +66,7 @@ class AdmissionController:
             task_status.started()
             next_sweep = anyio.current_time() + self._interval
             while True:
-                with anyio.move_on_at(next_sweep):
+                with anyio.move_on_at(min(next_sweep, linger_due(admission.lingering))):
                     try:
                         message = await self._inbox.receive()
                     except anyio.EndOfStream:
@@ -75,11 +80,15 @@ class AdmissionController:
                             admission.set_state(index, routing, state, t, now)
                         case UrlChanged(endpoint=index, url=url):
                             admission.set_url(index, url)
+                        case ServerBusy(endpoint=index, at=at, busy=busy, tasks=tasks):
+                            admission.server_busy(index, busy, tasks, at, now)
                     admission.dispatch(now)
                     continue
                 now = anyio.current_time()
-                self.sweep(now, closers)
-                next_sweep = now + self._interval
+                admission.expire_lingering(now)
+                if now >= next_sweep:
+                    self.sweep(now, closers)
+                    next_sweep = now + self._interval
 
     def sweep(self, now: float, closers: anyio.abc.TaskGroup) -> None:
         """Take back every overdue lease now; close their work in the background."""

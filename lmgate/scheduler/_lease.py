@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol, final
 
 import anyio
@@ -22,7 +22,7 @@ from lmgate.policies._sample import OutcomeClass
 from lmgate.scheduler._hooks import HookedRequest
 from lmgate.scheduler._slot import EndpointSlot
 
-__all__ = ["EventLike", "Lease", "Reclaimable", "Releaser", "ScopeLike", "Waiter"]
+__all__ = ["EventLike", "Lease", "Reclaimable", "Releaser", "ScopeLike", "SubmitWatch", "Waiter"]
 
 
 class Releaser(Protocol):
@@ -99,7 +99,9 @@ class Lease:
         "_result",
         "_revoked",
         "_scope",
+        "_sent",
         "_slot",
+        "_streaming",
         "_ttft",
         "_watch",
         "deadline",
@@ -140,6 +142,12 @@ class Lease:
         self._output_tokens: int | None = None
         #: Tokens charged to the endpoint's KV budget while this lease holds it.
         self._charge = 0
+        #: Whether the call may have reached the server (a transport says:
+        #: False until it sends, then True; None for a caller's own call) and
+        #: whether it streams (None: unknown); together they say how long a
+        #: cancelled call holds its place (``_occupancy``).
+        self._sent: bool | None = None
+        self._streaming: bool | None = None
         #: Set by whoever hands the lease's work to other code (a transport's
         #: response stream): a weak reference to how the controller reclaims
         #: it (``Reclaimable``), so the work can still be garbage-collected.
@@ -280,3 +288,23 @@ class Waiter:
 
     def __repr__(self) -> str:
         return f"<Waiter {self.model} priority={self.priority} queued={self.queued}>"
+
+
+class SubmitWatch(Protocol):
+    """The slow path of :meth:`Admission.submit` (``_watch.Watch``), when installed."""
+
+    def submit(
+        self,
+        model: str,
+        priority: int,
+        deadline: float,
+        now: float,
+        exclude: Collection[int] | None,
+        count: bool,
+        request: HookedRequest | None,
+        **options: Any,
+    ) -> Lease | Waiter: ...
+
+    def refused(
+        self, model: str, priority: int, outcome: str, error: BaseException, now: float
+    ) -> None: ...

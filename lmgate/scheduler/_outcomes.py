@@ -7,13 +7,15 @@ Every request ends with exactly one of ``OUTCOMES``; the counters in
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import anyio
 
+from lmgate._errors import EndpointUnavailable
 from lmgate.policies._classify import Classification, UserClassifier, compose
 from lmgate.policies._sample import OutcomeClass
 
-__all__ = ["OUTCOMES", "classification_of", "classify_error"]
+__all__ = ["OUTCOMES", "classification_of", "classify_error", "unknown_model"]
 
 OUTCOMES = (
     "completed",
@@ -54,4 +56,15 @@ def classification_of(
         cancelled = None
     return compose(user)(
         error, deadline_expired=deadline_expired, cancelled_exc=cancelled, now_epoch=time.time()
+    )
+
+
+def unknown_model(served_models: Iterable[str], model: str) -> EndpointUnavailable:
+    """The refusal of a model no endpoint serves, naming those that are served."""
+    served = tuple(sorted(served_models))
+    shown = ", ".join(repr(m) for m in served[:20]) + (", ..." if len(served) > 20 else "")
+    return EndpointUnavailable(
+        f"no endpoint serves model {model[:200]!r}; served: {shown}",
+        reason="unknown_model",
+        models=served,
     )

@@ -20,7 +20,7 @@ from lmgate.actors._messages import EndpointMessage, Routing
 from lmgate.policies._queueing import ServiceWindow
 from lmgate.policies._token_budget import TokenBudget
 
-__all__ = ["EndpointSlot", "Size", "fits", "tokens_fit", "too_large", "window_fits"]
+__all__ = ["EndpointSlot", "Lingering", "Size", "fits", "tokens_fit", "too_large", "window_fits"]
 
 #: A request's size in tokens as far as it is known: (prompt, max_tokens).
 Size = tuple[int | None, int | None]
@@ -38,6 +38,23 @@ class Queued(Protocol):
 
 
 @final
+class Lingering:
+    """A released call the server may still be running."""
+
+    __slots__ = ("at", "charge", "tasks", "until")
+
+    def __init__(self, at: float, until: float, charge: int) -> None:
+        self.at = at
+        self.until = until
+        self.charge = charge
+        #: The server's busy task ids this call can be (None: not read yet).
+        self.tasks: frozenset[int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Lingering until={self.until:.3f} charge={self.charge}>"
+
+
+@final
 class EndpointSlot:
     """Admission's record of one endpoint (mutated only by ``Admission``)."""
 
@@ -47,9 +64,11 @@ class EndpointSlot:
         "durations",
         "endpoint",
         "feedback",
+        "held",
         "in_flight",
         "index",
         "kv",
+        "lingering",
         "models",
         "peak_in_flight",
         "peak_limit",
@@ -74,6 +93,10 @@ class EndpointSlot:
         self.peak_limit = limit  # the highest limit in force so far
         self.in_flight = 0
         self.peak_in_flight = 0
+        #: Released calls the server may still run (``_occupancy``): they keep
+        #: their place in the limit and their tokens until it has stopped.
+        self.held = 0
+        self.lingering: list[Lingering] = []
         self.models = endpoint.models
         self.refs = {
             m: EndpointRef(
@@ -117,7 +140,7 @@ class EndpointSlot:
         return self.limit if self.trials is None else min(self.limit, self.trials)
 
     def has_room(self) -> bool:
-        return self.routing == "up" and self.in_flight < self.effective_limit
+        return self.routing == "up" and self.in_flight + self.held < self.effective_limit
 
 
 def window_fits(slot: EndpointSlot, model: str, need: int | None) -> bool:

@@ -74,6 +74,9 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     #: The KV budget (``Endpoint(kv_tokens=)`` or learned), what is charged
     #: to it and where the figure came from; None without one.
     tokens: TokenBudgetStatistics | None = None
+    #: Calls given up by their callers that the server may still be running:
+    #: they keep their place in the limit until it has stopped.
+    lingering: int = 0
 
 
 @final
@@ -148,6 +151,7 @@ def snapshot(
                 discovery=discovery(slot.endpoint.name),
                 throttle=throttles.get(slot.endpoint.name),
                 tokens=slot.kv.statistics() if slot.kv is not None else None,
+                lingering=slot.held,
                 **(resilience_fields(a) if a else {}),
             )
         )

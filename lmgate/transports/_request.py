@@ -32,12 +32,15 @@ from lmgate.context._messages import Message, to_messages
 from lmgate.transports._options import RequestOptions, current_options, options_of
 
 __all__ = [
+    "caller_gave_up",
     "chat_prompt",
     "json_object",
+    "output_budget",
     "params",
     "prompt_chars",
     "read_bounded",
     "refusal",
+    "streams",
     "timeouts",
 ]
 
@@ -183,6 +186,16 @@ def chat_prompt(
     return messages, output_budget(payload)
 
 
+def streams(request: httpx.Request, payload: Mapping[str, Any] | None) -> bool | None:
+    """Whether the body asks for a streamed answer (Ollama's chat streams unless told not)."""
+    if payload is None:
+        return None
+    stream = payload.get("stream")
+    if stream is None and request.url.path.rstrip("/").endswith(("/api/chat", "/api/generate")):
+        return True
+    return stream is True
+
+
 def output_budget(payload: Mapping[str, Any] | None) -> int | None:
     """A body's output budget: ``max_completion_tokens`` or ``max_tokens``
     (``n_predict`` for llama.cpp, ``options.num_predict`` for Ollama)."""
@@ -197,6 +210,16 @@ def output_budget(payload: Mapping[str, Any] | None) -> int | None:
     if type(budget) is not int or not 0 <= budget <= 100_000_000:
         return None
     return budget
+
+
+def caller_gave_up(exc: BaseException, request: httpx.Request, ep: Endpoint | None) -> bool:
+    """Whether ``exc`` is the caller's own read timeout firing, one shorter than the
+    endpoint's (an SDK call's ``timeout=``): the caller gave up, the server did not fail."""
+    if not isinstance(exc, httpx.ReadTimeout):
+        return False
+    theirs = (request.extensions.get("timeout") or {}).get("read")
+    ours = ep.read_timeout if ep is not None else 600.0
+    return isinstance(theirs, int | float) and 0 < theirs < ours
 
 
 def timeouts(request: httpx.Request, ep: Endpoint | None, lease: _HasDeadline) -> dict[str, float]:

@@ -47,6 +47,7 @@ from lmgate.transports._errors import error_from_response
 from lmgate.transports._leased import LeasedStream, LeaseLike
 from lmgate.transports._pool import ClientPool, pooled_transport
 from lmgate.transports._request import (
+    caller_gave_up,
     chat_prompt,
     json_object,
     output_budget,
@@ -54,6 +55,7 @@ from lmgate.transports._request import (
     prompt_chars,
     read_bounded,
     refusal,
+    streams,
     timeouts,
 )
 from lmgate.transports._urls import rebase
@@ -229,18 +231,29 @@ class SchedulingTransport(httpx.AsyncBaseTransport):
                 return refusal(exc)
             raise
         ep = self._endpoint(lease.endpoint.name)
+        # Until it is handed to the connection the server cannot have started
+        # it, so a call cancelled before then holds no place after (``_occupancy``).
+        lease._sent = False
+        lease._streaming = streams(request, payload)
         try:
             outbound = self._outbound(request, body, payload, lease, ep)
             start = anyio.current_time()
+            pool = self._pool(ep, lease.endpoint.name)
             with anyio.move_on_at(lease.deadline) as scope:
-                response = await self._pool(ep, lease.endpoint.name).handle_async_request(outbound)
+                lease._sent = True
+                response = await pool.handle_async_request(outbound)
             if scope.cancelled_caught:
                 raise DeadlineExceeded(
                     f"no response from {lease.endpoint.name} before the deadline"
                 )
         except BaseException as exc:
             self._failed += 1
-            lease.release(exc)
+            if caller_gave_up(exc, request, ep):
+                # The caller's own timeout, shorter than the endpoint's: it
+                # gave up, which says nothing about the server's health.
+                lease.release(exc, outcome="cancelled")
+            else:
+                lease.release(exc)
             if self._refusals and isinstance(exc, DeadlineExceeded):
                 return refusal(exc)
             raise

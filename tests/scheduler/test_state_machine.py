@@ -93,8 +93,11 @@ class CounterWatch(trio.abc.Instrument):
         for s in a.slots:
             if s.in_flight > s.limit:
                 self.violations.append(f"{s.endpoint.name} over its limit")
+            if s.held != len(s.lingering) or (s.held > 0) != (s in a.lingering):
+                self.violations.append(f"{s.endpoint.name} lingering out of step")
             if s.kv is not None:
                 charged = sum(lease._charge for lease in a.live if lease._slot is s)
+                charged += sum(entry.charge for entry in s.lingering)
                 if s.kv.in_flight != charged:
                     name = s.endpoint.name
                     self.violations.append(f"{name} tokens {s.kv.in_flight} != {charged}")
@@ -223,7 +226,7 @@ def _check_step(sched: Scheduler, reqs: list[Req]) -> None:
             # locally because it refuses most of it -- may sit below its limit
             # while a request waits for a healthy endpoint of the same model.)
             throttling = isinstance(slot.throttle, _SlotThrottle) and slot.throttle.active(now)
-            full = slot.in_flight >= slot.effective_limit or not any(
+            full = slot.in_flight + slot.held >= slot.effective_limit or not any(
                 fits(slot, w) for w in adm.queue.waiters(model)
             )
             assert slot.routing != "up" or full or throttling, (model, slot)
@@ -248,7 +251,7 @@ async def _program(data: st.DataObject) -> None:
     sched = Scheduler(
         [
             endpoint("e0", "m1"),
-            endpoint("e1", "m1", "m2", limit=Fixed(2), kv_tokens=3000),
+            endpoint("e1", "m1", "m2", limit=Fixed(2), kv_tokens=3000, kind="llamacpp"),
             endpoint("e2", "m3", health=health),
         ],
         limit=Fixed(1),
