@@ -62,11 +62,9 @@ def busy_from_slots(body: bytes) -> frozenset[int] | None:
 
 
 def busy_from_metrics(text: str) -> int | None:
-    """Requests running, from a Prometheus text body (None: not said or no parser)."""
-    try:
-        from prometheus_client.parser import text_string_to_metric_families
-    except ImportError:  # the ``prometheus`` extra is not installed
-        return None
+    """Requests running, from a Prometheus text body (None: not said)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

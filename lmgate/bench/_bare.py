@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from lmgate.bench._run import Record, Trace
+from lmgate.bench._run import Record, Trace, preemptions_of
 from lmgate.sim._faults import run_schedule
 from lmgate.sim._load import LoadRequest, run_load
 from lmgate.sim._scenarios import Scenario
@@ -78,7 +78,7 @@ async def run_bare(scenario: Scenario, limit: int, *, shed: float = 2.0) -> Trac
         records.append(Record(request.client, issued, granted, anyio.current_time() - t0, kind))
 
     await _drive(scenario, servers, submit, t0)
-    return _trace(scenario, f"bare-{limit}", records, limit * len(servers))
+    return _trace(scenario, f"bare-{limit}", records, limit * len(servers), preemptions_of(servers))
 
 
 class _Gate:
@@ -150,7 +150,7 @@ async def run_token_gate(scenario: Scenario, *, shed: float = 2.0) -> Trace:
         records.append(Record(request.client, issued, granted, anyio.current_time() - t0, kind))
 
     await _drive(scenario, servers, submit, t0)
-    return _trace(scenario, "token-gate", records, 0)
+    return _trace(scenario, "token-gate", records, 0, preemptions_of(servers))
 
 
 async def _drive(scenario: Scenario, servers: dict[str, Any], submit: Any, t0: float) -> None:
@@ -163,7 +163,9 @@ async def _drive(scenario: Scenario, servers: dict[str, Any], submit: Any, t0: f
         tg.cancel_scope.cancel()
 
 
-def _trace(scenario: Scenario, policy: str, records: list[Record], limit: int) -> Trace:
+def _trace(
+    scenario: Scenario, policy: str, records: list[Record], limit: int, preemptions: int
+) -> Trace:
     outcomes: dict[str, int] = {}
     for r in records:
         outcomes[r.kind] = outcomes.get(r.kind, 0) + 1
@@ -179,4 +181,5 @@ def _trace(scenario: Scenario, policy: str, records: list[Record], limit: int) -
         probing=(0,) * n,
         outcomes=outcomes,
         grants_over_limit=0,
+        preemptions=preemptions,
     )

@@ -29,7 +29,7 @@ from lmgate.sim._health import sim_health
 from lmgate.sim._load import LoadRequest, run_load
 from lmgate.sim._scenarios import Scenario
 
-__all__ = ["Record", "Trace", "run_scenario", "run_virtual"]
+__all__ = ["Record", "Trace", "preemptions_of", "run_scenario", "run_virtual"]
 
 #: How a request ended, as the benchmark counts it.
 KINDS = ("completed", "deadline", "rejected", "failed", "unavailable")
@@ -64,6 +64,8 @@ class Trace(msgspec.Struct, frozen=True, kw_only=True):
     probing: tuple[int, ...]
     outcomes: dict[str, int]
     grants_over_limit: int
+    #: Requests the servers threw out of their KV cache to recompute later.
+    preemptions: int = 0
 
 
 def _kind(exc: BaseException) -> str:
@@ -84,16 +86,20 @@ async def run_scenario(
     throttle: Throttle | None = Throttle(),  # noqa: B008 - frozen
     sample_every: float = 1.0,
     on_start: Callable[[Any], None] | None = None,
+    tokens: bool = True,
 ) -> Trace:
     """Run ``scenario`` once under ``policy``; requests still running at the end are dropped.
 
     ``on_start`` gets the running scheduler (tests use it to watch admission).
+    ``tokens=False`` hides the servers' KV budgets from lmgate (admission by
+    request count alone).
     """
     from lmgate.scheduler._scheduler import Scheduler
 
     servers = scenario.build_servers()
     health = sim_health(servers)
-    endpoints = [server.endpoint(health=health) for server in servers.values()]
+    extra: dict[str, Any] = {} if tokens else {"kv_tokens": None}
+    endpoints = [server.endpoint(health=health, **extra) for server in servers.values()]
     every = (*scenario.servers, *scenario.engines)
     models = {config.name: config.model for config in every}
     only = every[0].model
@@ -182,7 +188,13 @@ async def run_scenario(
         probing=tuple(probing),
         outcomes=outcomes,
         grants_over_limit=over[0],
+        preemptions=preemptions_of(servers),
     )
+
+
+def preemptions_of(servers: dict[str, Any]) -> int:
+    """How often the (stepped) servers preempted a running request."""
+    return sum(int(getattr(s, "preemptions", 0)) for s in servers.values())
 
 
 def _count_grants_over_limit(adm: Any, over: list[int]) -> None:
@@ -210,6 +222,7 @@ def run_virtual(
     throttle: Throttle | None = Throttle(),  # noqa: B008 - frozen
     seed: int = 0,
     on_start: Callable[[Any], None] | None = None,
+    tokens: bool = True,
 ) -> Trace:
     """:func:`run_scenario` under trio's mock clock, from a blocking caller.
 
@@ -226,6 +239,8 @@ def run_virtual(
     clock = trio.testing.MockClock(autojump_threshold=0)
 
     async def main() -> Trace:
-        return await run_scenario(scenario, policy, name=name, throttle=throttle, on_start=on_start)
+        return await run_scenario(
+            scenario, policy, name=name, throttle=throttle, on_start=on_start, tokens=tokens
+        )
 
     return trio.run(main, clock=clock)

@@ -78,6 +78,20 @@ def _bare(scenario: Scenario, limit: int) -> Result:
     return Result(metrics=metrics, timeline=timeline_of(trace))
 
 
+def _token_gate(scenario: Scenario) -> Result | None:
+    """The twenty-line alternative for servers whose KV budget is known: a bare token gate."""
+    import trio
+    import trio.testing
+
+    from lmgate.bench._bare import run_token_gate
+
+    if not scenario.engines:
+        return None  # only the stepped engines say what their KV cache holds
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    trace = trio.run(lambda: run_token_gate(scenario), clock=clock)
+    return Result(metrics=measure(trace, scenario), timeline=timeline_of(trace))
+
+
 class _Runner:
     """Runs (scenario, policy) pairs inline or in worker processes, with a progress bar."""
 
@@ -172,6 +186,9 @@ def run_bench(
                 results["oracle"] = Result(metrics=metrics, timeline=best.timeline)
                 if "bare" in policies:
                     results["bare"] = _bare(scenario, _best(fixed))
+                    gate = _token_gate(scenario)
+                    if gate is not None:
+                        results["token-gate"] = gate
             named = [p for p in policies if p in POLICIES]
             runs = runner.map(scenario, [(p, POLICIES[p]) for p in named], seed)
             results.update(zip(named, runs, strict=True))

@@ -70,6 +70,8 @@ class Reading(msgspec.Struct, kw_only=True):
     trained: dict[str, int] = msgspec.field(default_factory=dict)
     server_window: int | None = None
     slots: int | None = None
+    #: The KV cache in tokens, where the server states it (vLLM's cache config).
+    kv_tokens: int | None = None
     health_route: str | None = None
     fallback_health: str | None = None
     loading: bool = False
@@ -366,10 +368,37 @@ def _metrics(obs: Observation, out: Reading) -> None:
     text = obs.body[:262144]
     if b"\nvllm:" in text or text.startswith(b"vllm:") or b" vllm:" in text:
         out.add(obs, "vllm:* metrics", "vllm", 3)
+        out.kv_tokens = _vllm_cache(text.decode("utf-8", "replace"))
     if b"llamacpp:" in text:
         out.add(obs, "llamacpp:* metrics", "llamacpp", 3)
     if b"tgi_" in text:
         out.add(obs, "tgi_* metrics", "tgi", 2)
+
+
+def _vllm_cache(text: str) -> int | None:
+    """Blocks times block size from vLLM's ``vllm:cache_config_info`` labels."""
+    # Imported here: ``import lmgate`` stays free of it until a probe reads metrics.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        for family in text_string_to_metric_families(text):
+            if family.name != "vllm:cache_config_info":
+                continue
+            for sample in family.samples:
+                blocks = _int(_num(sample.labels.get("num_gpu_blocks")))
+                size = _int(_num(sample.labels.get("block_size")))
+                if blocks and size:
+                    return blocks * size
+    except ValueError:  # not Prometheus text after all
+        return None
+    return None
+
+
+def _num(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None and value.isdigit() else None
+    except ValueError:
+        return None
 
 
 _ROUTES: dict[str, Callable[[Observation, Reading], None]] = {

@@ -261,7 +261,7 @@ async def _probe(
         second += ["/api/tags", "/api/ps", "/", "/.well-known/localai.json", "/readyz"]
     if "llamacpp" in seen:
         second += ["/slots"]
-    if "vllm" in seen and not any(e.signal == "owned_by: vllm" for e in _all(readings)):
+    if "vllm" in seen:  # its metrics name it, and say how many tokens its cache holds
         second += ["/metrics"]
     if "lmstudio" in seen and not readings["/api/v0/models"].evidence:
         second += ["/api/v1/models"]
@@ -313,6 +313,7 @@ def _merge(readings: Iterable[Reading]) -> Reading:
         out.trained.update(r.trained)
         out.server_window = r.server_window or out.server_window
         out.slots = r.slots or out.slots
+        out.kv_tokens = r.kv_tokens or out.kv_tokens
         for k, v in r.versions.items():
             out.versions.setdefault(k, v)
         out.health_route = out.health_route or r.health_route
@@ -354,9 +355,11 @@ def _build(
         windows[m] = choice.tokens
         sources[m] = choice.source
     errors = sorted({o.error for o in observations if o.error})
-    kv = None
+    kv, kv_source = None, None
     if kind == "llamacpp" and facts.slots and facts.server_window:
-        kv = facts.slots * facts.server_window
+        kv, kv_source = facts.slots * facts.server_window, "props"
+    elif kind == "vllm" and facts.kv_tokens:
+        kv, kv_source = facts.kv_tokens, "metrics"
     return ServerInfo(
         url=url,
         kind=kind,
@@ -371,7 +374,7 @@ def _build(
         trained_windows=dict(facts.trained),
         slots=facts.slots,
         kv_tokens=kv,
-        kv_source="props" if kv is not None else None,
+        kv_source=kv_source,
         health_route=facts.health_route or facts.fallback_health,
         tokenize_route="/tokenize" if kind in ("llamacpp", "vllm", "tgi") else None,
         loading=facts.loading,

@@ -90,6 +90,9 @@ class VLLM(Dialect):
         text = (
             f'vllm:num_requests_running{{model_name="{m}"}} {float(self.engine.in_flight)}\n'
             f'vllm:num_requests_waiting{{model_name="{m}"}} {float(self.engine.waiting)}\n'
+            # The cache as vLLM states it: blocks of 16 tokens for every slot's context.
+            f'vllm:cache_config_info{{block_size="16",num_gpu_blocks='
+            f'"{self.config.n_ctx * self.config.slots // 16}"}} 1.0\n'
         )
         return text_response(200, text, "text/plain; version=0.0.4; charset=utf-8")
 

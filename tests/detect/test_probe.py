@@ -42,7 +42,7 @@ DETECTION_TABLE: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
         "llamacpp",
         "https://llm.example.com/v1",  # reverse proxy on a public name
         (),
-        {"kind": "llamacpp", "local": True, "slots": 4},
+        {"kind": "llamacpp", "local": True, "slots": 4, "kv_source": "props"},
     ),
     (
         "ollama",
@@ -65,6 +65,8 @@ DETECTION_TABLE: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
             "local": True,
             "version": "0.6.3",
             "context_windows": {"meta-llama/Llama-3.1-8B-Instruct": 16384},
+            "kv_tokens": 2048 * 16,  # num_gpu_blocks x block_size, from /metrics
+            "kv_source": "metrics",
         },
     ),
     (
