@@ -51,8 +51,10 @@ How the limit moves, always in whole slots within ``[min_limit, max_limit]``:
   free (elasticity under a third of ``elasticity``), then goes on in routine
   steps.  A doubling is kept only while under half of ``elasticity``: its
   elasticity is an average over a wide span, which hides a hard knee inside
-  it.  One that fails below ``elasticity`` starts a routine run up from the
-  old limit at once (the knee lies within the doubling); one that fails
+  it.  One that fails below ``elasticity`` starts a run up from the old
+  limit at once that searches the doubling by halves (the knee lies within
+  it, and steps of one slot would change latency less than the noise of a
+  window on a server whose requests vary in size); one that fails
   above it, a run down (the old limit may be past the knee already).  A
   shift or a cut ends startup; a doubling the client cannot fill is tried
   again later (a client that ramps up, or a server that slows, fills it).

@@ -42,6 +42,7 @@ class AdaptiveState:
     __slots__ = (
         "_before",
         "_bisecting",
+        "_climb",
         "_config",
         "_counts",
         "_cut_epoch",
@@ -80,6 +81,7 @@ class AdaptiveState:
         self._startup = True
         self._urgent = False  # the next run follows a shift: no bracketing
         self._bisecting = False  # a run's grown step overshot: its steps now halve
+        self._climb = 0  # the first step of the next run, when a failed doubling set it
         self._turn = False  # a shift's run turns round if its first step fails
         self._ref: Profile | None = None  # steady reference, averaged
         self._before: Profile | None = None  # the latest window at the held limit
@@ -213,6 +215,11 @@ class AdaptiveState:
         full = ref is None or profile.in_flight >= self._limit * (1.0 - config.probe_step)
         if now >= self._next_probe and (self._direction < 0 or full):
             self._step = max(1, round(self._limit * config.probe_step))
+            if self._climb and self._direction > 0:
+                # Search the doubling that failed by halves, not in small steps
+                # whose latency change the noise of a window would drown.
+                self._step, self._bisecting = self._climb, True
+            self._climb = 0
             self._run = 0
             self._run_start = None if self._startup else now
             self._probe(now)
@@ -326,9 +333,12 @@ class AdaptiveState:
         elif self._startup and up:
             # Past the knee already (latency grew with the load): undo an
             # overshoot of the last doubling.  Below it (the knee lies
-            # within the doubling): climb to it in routine steps.
+            # within the doubling): search the doubling by halves.
             self._startup = False
-            self._hold(now, -1 if elasticity >= config.elasticity else 1)
+            below = elasticity < config.elasticity
+            self._hold(now, 1 if below else -1)
+            if below:
+                self._climb = max(1, (level - self._limit) // 2)
             self._next_probe = now
             self._urgent = True
         elif self._turn and not self._run:

@@ -651,3 +651,16 @@ def test_a_client_that_fills_the_limit_only_later_still_gets_the_startup() -> No
     run = serve(Adaptive(), knee=1000, seconds=240.0, quiet=(0.0, 60.0, 6))
     assert max(limit for t, limit in run.trace if t < 60.0) <= 16
     assert min(t for t, limit in run.trace if limit >= 64) <= 150.0
+
+
+def test_a_doubling_that_fails_below_elasticity_is_searched_by_halves() -> None:
+    """Latency growing as limit^0.45: the doubling 8 -> 16 is too dear for startup
+    (over elasticity/2) but each slot still pays, so the climb from 8 searches
+    the doubling by halves (8 -> 12 -> 14 ...) instead of crawling a slot at a time
+    through steps whose latency change a window's noise would drown."""
+    config = Adaptive(initial_limit=8, max_limit=200, settle=0.0, probe_interval=2.0)
+    _, held = drive(config, lambda limit, now: limit**0.45, 6000)
+    levels = [h for i, h in enumerate(held) if i == 0 or h != held[i - 1]]
+    assert levels[0] == 8
+    assert levels[1] == 12, levels[:6]
+    assert levels[2] == 14, levels[:6]
