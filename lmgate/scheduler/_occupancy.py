@@ -99,18 +99,11 @@ def linger_due(lingering: Iterable[EndpointSlot]) -> float:
 
 def expire(lingering: set[EndpointSlot], now: float) -> list[EndpointSlot]:
     """End the lingering calls whose time is up; returns the endpoints that got room."""
-    freed: list[EndpointSlot] = []
-    for slot in list(lingering):
-        kept = [e for e in slot.lingering if e.until > now]
-        for entry in slot.lingering:
-            if entry.until <= now:
-                _end(slot, entry)
-        if len(kept) < len(slot.lingering):
-            freed.append(slot)
-        slot.lingering = kept
-        if not kept:
-            lingering.discard(slot)
-    return freed
+    return [
+        slot
+        for slot in list(lingering)
+        if _keep(lingering, slot, [e for e in slot.lingering if e.until > now])
+    ]
 
 
 def seen_busy(
@@ -126,29 +119,33 @@ def seen_busy(
     """
     if not slot.lingering:
         return False
-    kept: list[Lingering] = []
-    ended = 0
-    for entry in slot.lingering:
-        if entry.at < at and tasks is not None:
-            entry.tasks = tasks if entry.tasks is None else entry.tasks & tasks
-            if not entry.tasks:
-                _end(slot, entry)
-                ended += 1
-                continue
-        kept.append(entry)
-    if busy is not None and tasks is None:
-        judged = sorted((e for e in kept if e.at < at), key=lambda e: e.until)
+    kept = slot.lingering
+    if tasks is not None:
+        for entry in kept:
+            if entry.at < at:
+                entry.tasks = tasks if entry.tasks is None else entry.tasks & tasks
+        kept = [e for e in kept if e.at >= at or e.tasks]
+    elif busy is not None:
         # More of ours lingering than the server runs at all: the first to
         # expire have stopped (a count cannot say which).
-        gone = judged[: max(0, len(judged) - busy)]
-        for entry in gone:
+        judged = sorted((e for e in kept if e.at < at), key=lambda e: e.until)
+        gone = {id(e) for e in judged[: max(0, len(judged) - busy)]}
+        kept = [e for e in kept if id(e) not in gone]
+    return _keep(lingering, slot, kept)
+
+
+def _keep(lingering: set[EndpointSlot], slot: EndpointSlot, kept: list[Lingering]) -> bool:
+    """Keep only ``kept`` of ``slot``'s lingering calls, ending the rest; True if any ended."""
+    if len(kept) == len(slot.lingering):
+        return False
+    survivors = {id(e) for e in kept}
+    for entry in slot.lingering:
+        if id(entry) not in survivors:
             _end(slot, entry)
-        ended += len(gone)
-        kept = [e for e in kept if all(e is not g for g in gone)]
     slot.lingering = kept
     if not kept:
         lingering.discard(slot)
-    return ended > 0
+    return True
 
 
 def _end(slot: EndpointSlot, entry: Lingering) -> None:
