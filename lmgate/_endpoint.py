@@ -25,7 +25,7 @@ from lmgate.policies._limit import LimitPolicy
 from lmgate.policies._sample import OutcomeClass
 from lmgate.security._secrets import SecretStr, guard_http_logs
 
-__all__ = ["KINDS", "Endpoint", "EndpointRef", "HealthCheck", "ProbeReport"]
+__all__ = ["KINDS", "Endpoint", "EndpointRef", "HealthCheck", "MetricsSource", "ProbeReport"]
 
 #: Server kinds lmgate knows; ``unknown`` until a probe or the user says.
 KINDS = ("ollama", "llamacpp", "vllm", "lmstudio", "tgi", "localai", "openai", "sim", "unknown")
@@ -36,6 +36,9 @@ Classifier = Callable[[BaseException], OutcomeClass | Classification | None]
 #: A health check: given the endpoint, returns True when it is serving, or a
 #: ProbeReport when it knows more (loading, model identities).
 HealthCheck = Callable[["Endpoint"], Awaitable["bool | ProbeReport"]]
+#: Reads the server's Prometheus metrics text some other way than a GET of
+#: its ``/metrics`` (a server behind a proxy, a simulated one).
+MetricsSource = Callable[[], Awaitable[str]]
 
 
 @final
@@ -80,7 +83,12 @@ class Endpoint(_Located, frozen=True, kw_only=True):
     ``name`` and ``url`` may be given positionally; everything else is by
     keyword.  ``context_window`` / ``context_windows`` give windows the
     server does not report; ``probe=True`` learns models, windows and slots
-    at start; ``health`` is an async check (``True``/``False`` or a
+    at start.  ``engine_metrics=True`` (on by ``probe=True`` or by
+    ``metrics=``) reads the server's ``/metrics`` about once a second while
+    it has traffic and hands running and waiting requests, KV usage and
+    preemptions to the limit policy and the token budget; ``metrics`` is an
+    async callable that returns that text when a GET of ``/metrics`` is not
+    the way to it.  ``health`` is an async check (``True``/``False`` or a
     ``ProbeReport``); ``ports`` are where a restarted server may reappear;
     the timeouts and ``max_connections`` bound the endpoint's HTTP pool.
     Every value is checked here and a bad one raises ``InvalidParameter``.
@@ -100,6 +108,8 @@ class Endpoint(_Located, frozen=True, kw_only=True):
     health: HealthCheck | None = None
     probe: bool = False
     server_view: bool | None = None
+    engine_metrics: bool | None = None
+    metrics: MetricsSource | None = None
     ports: Sequence[int] = ()
     warmup: bool = False
     connect_timeout: float = 5.0
@@ -152,14 +162,14 @@ class Endpoint(_Located, frozen=True, kw_only=True):
             _check_str("context_windows key", m)
             _check_window("context_windows", w)
         msgspec.structs.force_setattr(self, "context_windows", dict(windows))
-        for field in ("local", "server_view"):
+        for field in ("local", "server_view", "engine_metrics"):
             v = getattr(self, field)
             if v is not None and type(v) is not bool:
                 raise InvalidParameter(f"{field} must be True, False or None", field=field)
         for field in ("probe", "warmup"):
             if type(getattr(self, field)) is not bool:
                 raise InvalidParameter(f"{field} must be a bool", field=field)
-        for field in ("health", "classify", "api_key"):
+        for field in ("health", "classify", "api_key", "metrics"):
             v = getattr(self, field)
             if v is not None and not callable(v):
                 raise InvalidParameter(f"{field} must be callable or None", field=field)
@@ -202,6 +212,13 @@ class Endpoint(_Located, frozen=True, kw_only=True):
         if not info.reachable:
             raise InvalidParameter(f"{url[:80]!r} did not answer: {info.error}", field="url")
         return learn(base, info)
+
+    @property
+    def reads_engine_metrics(self) -> bool:
+        """Whether the endpoint actor reads the server's metrics."""
+        if self.engine_metrics is not None:
+            return self.engine_metrics
+        return self.probe or self.metrics is not None
 
     def window_for(self, model: str) -> int | None:
         """The context window known for ``model`` here, if any."""

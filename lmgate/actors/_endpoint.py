@@ -51,9 +51,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from lmgate._backend import backend_clock
 from lmgate._endpoint import Endpoint
+from lmgate.actors._engine_watch import EngineWatch
 from lmgate.actors._health import ActorMessage, HealthMonitor, HealthReport, Moved, WarmedUp
 from lmgate.actors._messages import (
     ControllerMessage,
+    EngineNews,
     Routing,
     ServerBusy,
     StateChanged,
@@ -68,6 +70,7 @@ from lmgate.actors._timer import WakeTimer, warm_up
 from lmgate.detect._learn import endpoint_key
 from lmgate.observability._events import EventHub
 from lmgate.policies._breaker import BreakerStateName, Permit, Transition
+from lmgate.policies._engine import EngineAware, EngineReading
 from lmgate.policies._health import url_port
 from lmgate.policies._limit import LimitState
 from lmgate.policies._resilience_events import (
@@ -126,6 +129,9 @@ class EndpointActor:
         self._monitor: HealthMonitor | None = None
         #: Reads the server's own view after a cancellation (``_server_view``).
         self._viewer: ServerViewReader | None = None
+        #: Reads the server's metrics while it has traffic (``_engine_watch``).
+        self._engine: EngineWatch | None = None
+        self._engine_aware = isinstance(limit, EngineAware)
         self._published_limit = limit.limit
         self._routing: tuple[Routing, str, int | None] = ("up", "healthy", None)
         self._phase_since = -math.inf
@@ -181,6 +187,14 @@ class EndpointActor:
                     lambda: self._url, self._tick_send.clone(), api_key=endpoint_key(ep)
                 )
                 tg.start_soon(self._viewer.run)
+            if ep.reads_engine_metrics:
+                self._engine = EngineWatch(
+                    lambda: self._url,
+                    self._tick_send.clone(),
+                    source=ep.metrics,
+                    api_key=endpoint_key(ep),
+                )
+                tg.start_soon(self._engine.run)
             if self.endpoint.warmup and self._res.warmup is not None:
                 tg.start_soon(
                     warm_up,
@@ -225,6 +239,8 @@ class EndpointActor:
                 await self._on_moved(old, new, now)
             case ServerView(at=at, busy=busy, tasks=tasks):
                 await self._controller.send(ServerBusy(self.index, at, busy, tasks))
+            case EngineReading():
+                await self._on_engine(message, now)
             case WarmedUp(model=model, ok=ok):
                 self._warmups += 1
                 if ok:
@@ -232,8 +248,18 @@ class EndpointActor:
                 else:
                     self._warmup_failures += 1
 
+    async def _on_engine(self, reading: EngineReading, now: float) -> None:
+        """The server's own figures: for the limit policy and the token budget."""
+        if self._engine_aware:
+            limit = self._limit
+            assert isinstance(limit, EngineAware)
+            await self._publish_limit(limit.observe_engine(reading, now), now)
+        await self._controller.send(EngineNews(self.index, reading))
+
     async def _on_sample(self, sample: Sample, now: float) -> None:
         self._samples += 1
+        if self._engine is not None:
+            self._engine.busy(now)
         self._by_class[sample.outcome] += 1
         outcome: OutcomeClass = sample.outcome
         reported = outcome
@@ -434,6 +460,7 @@ class EndpointActor:
             ignored_timeouts=self._ignored_timeouts,
             warmups=self._warmups,
             warmup_failures=self._warmup_failures,
+            engine=None if self._engine is None else self._engine.statistics(),
         )
 
     def __repr__(self) -> str:

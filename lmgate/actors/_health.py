@@ -36,6 +36,7 @@ from lmgate.actors._resilience import Resolver, needs_resolving
 from lmgate.actors._server_view import ServerView
 from lmgate.policies._breaker import BreakerStateName
 from lmgate.policies._classify import classify
+from lmgate.policies._engine import EngineReading
 from lmgate.policies._health import (
     HealthSchedule,
     PortSearch,
@@ -84,7 +85,7 @@ class WarmedUp(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 #: Everything an endpoint actor's mailbox carries.
-ActorMessage = Sample | Tick | HealthReport | Moved | WarmedUp | ServerView
+ActorMessage = Sample | Tick | HealthReport | Moved | WarmedUp | ServerView | EngineReading
 
 #: The breaker's state and when its open time or hold ends, at ``now``.
 Pace = Callable[[float], tuple[BreakerStateName, float | None]]

@@ -11,11 +11,13 @@ from typing import Literal, final
 
 import msgspec
 
+from lmgate.policies._engine import EngineReading
 from lmgate.policies._sample import Sample
 
 __all__ = [
     "ControllerMessage",
     "EndpointMessage",
+    "EngineNews",
     "LimitChanged",
     "Routing",
     "ServerBusy",
@@ -68,7 +70,15 @@ class ServerBusy(msgspec.Struct, frozen=True, tag=True):
     tasks: frozenset[int] | None = None
 
 
-ControllerMessage = LimitChanged | StateChanged | UrlChanged | ServerBusy
+@final
+class EngineNews(msgspec.Struct, frozen=True, tag=True):
+    """A reading of the server's own metrics, for admission's token budget."""
+
+    endpoint: int
+    reading: EngineReading
+
+
+ControllerMessage = LimitChanged | StateChanged | UrlChanged | ServerBusy | EngineNews
 
 
 @final

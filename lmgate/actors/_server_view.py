@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
-from typing import Any, final
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, cast, final
 
 import anyio
 import httpx
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
+from lmgate.detect._engine_metrics import engine_reading
 from lmgate.detect._probe import MAX_BODY, server_root
 
-__all__ = ["ServerView", "ServerViewReader", "busy_from_metrics", "busy_from_slots"]
-
-#: Gauges of the requests a server is running, by server.
-_RUNNING = ("llamacpp:requests_processing", "vllm:num_requests_running")
+__all__ = [
+    "ServerView",
+    "ServerViewReader",
+    "busy_from_metrics",
+    "busy_from_slots",
+    "get_capped",
+]
 
 
 @final
@@ -63,16 +67,8 @@ def busy_from_slots(body: bytes) -> frozenset[int] | None:
 
 def busy_from_metrics(text: str) -> int | None:
     """Requests running, from a Prometheus text body (None: not said)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name in _RUNNING and math.isfinite(sample.value):
-                    return max(0, int(sample.value))
-    except ValueError:
-        return None
-    return None
+    reading = engine_reading(text, 0.0)
+    return None if reading is None else reading.running
 
 
 @final
@@ -151,7 +147,8 @@ class ServerViewReader:
         route = self._route
         assert route is not None
         at = anyio.current_time()
-        status, body = await self._get(client, route)
+        url = server_root(self._url()) + route
+        status, body = await get_capped(client, url, self._headers, self._timeout)
         self.reads += 1
         if status is None:
             return None  # no answer now: ask again later
@@ -169,25 +166,29 @@ class ServerViewReader:
             return None
         return ServerView(at=at, busy=busy)
 
-    async def _get(self, client: httpx.AsyncClient, route: str) -> tuple[int | None, bytes]:
-        """The status and body (at most ``MAX_BODY`` bytes); status None without an answer."""
-        url = server_root(self._url()) + route
-        body = bytearray()
-        status: int | None = None
-        try:
-            with anyio.move_on_after(self._timeout):
-                async with client.stream(
-                    "GET", url, headers=self._headers, follow_redirects=False
-                ) as r:
-                    if r.status_code == 200:
-                        async for chunk in r.aiter_bytes():
+    def __repr__(self) -> str:
+        return f"<ServerViewReader route={self._route} reads={self.reads}>"
+
+
+async def get_capped(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], limit: float
+) -> tuple[int | None, bytes]:
+    """GET ``url`` within ``limit`` seconds: the status and body (at most ``MAX_BODY``
+    bytes); status None without an answer."""
+    body = bytearray()
+    status: int | None = None
+    try:
+        with anyio.move_on_after(limit):
+            async with client.stream("GET", url, headers=headers, follow_redirects=False) as r:
+                if r.status_code == 200:
+                    async with contextlib.aclosing(
+                        cast(AsyncGenerator[bytes, None], r.aiter_bytes())
+                    ) as chunks:
+                        async for chunk in chunks:
                             body += chunk
                             if len(body) > MAX_BODY:
                                 return None, b""
-                    status = r.status_code
-        except httpx.HTTPError:
-            return None, b""
-        return status, bytes(body)
-
-    def __repr__(self) -> str:
-        return f"<ServerViewReader route={self._route} reads={self.reads}>"
+                status = r.status_code
+    except httpx.HTTPError:
+        return None, b""
+    return status, bytes(body)

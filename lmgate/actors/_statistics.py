@@ -6,6 +6,7 @@ from typing import Any, final
 
 import msgspec
 
+from lmgate.actors._engine_watch import EngineWatchStatistics
 from lmgate.policies._breaker import BreakerStatistics
 from lmgate.policies._lifecycle import LifecycleStatistics
 from lmgate.policies._limit import LimitStatistics
@@ -43,6 +44,8 @@ class EndpointActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
     ignored_timeouts: int
     warmups: int
     warmup_failures: int
+    #: Reads of the server's own metrics (None: not read).
+    engine: EngineWatchStatistics | None = None
 
 
 def resilience_fields(a: EndpointActorStatistics) -> dict[str, Any]:

@@ -209,7 +209,8 @@ def write_report(
         " (found by sweep) and a bare `CapacityLimiter` at that limit that sheds"
         " arrivals past twice it waiting (`bare`); on the stepped engines, whose KV budget"
         " is known, also a bare token gate that admits FIFO while `prompt + max_tokens` of"
-        " the running requests fit it (`token-gate`).",
+        " the running requests fit it (`token-gate`).  *With metrics* is the default"
+        " reading the servers' own `/metrics` (`lmgate-metrics`), as a share of the oracle.",
         "",
     ]
     summary = []
@@ -222,6 +223,8 @@ def write_report(
             alt = runs[simple].metrics if simple in runs else None
             if alt is not None and alt.goodput > oracle.goodput:
                 oracle = msgspec.structs.replace(alt, policy=f"oracle ({alt.policy})")
+        seen = runs["lmgate-metrics"].metrics if "lmgate-metrics" in runs else None
+        with_metrics = "n/a" if seen is None else _share(seen.goodput, oracle.goodput)
         met = targets(ours, oracle)
         mark = {k: ("✓ " if ok else "✗ ") + text for k, (ok, text) in met.items()}
         summary.append(
@@ -236,6 +239,7 @@ def write_report(
                 mark["cv"],
                 _pct(ours.limit_cv_hold),
                 _converge(ours),
+                with_metrics,
             ]
         )
     header = [
@@ -249,6 +253,7 @@ def write_report(
         "CV target",
         "CV held %",
         "converge s",
+        "goodput with metrics",
     ]
     lines += [*_md_table(header, summary), ""]
     for scenario in scenarios:
@@ -331,3 +336,7 @@ def _outside(results: Path) -> list[str]:
             "",
         ]
     return lines
+
+
+def _share(ours: float, oracle: float) -> str:
+    return f"{100 * ours / oracle:.1f} % of oracle" if oracle else "n/a"

@@ -87,19 +87,24 @@ async def run_scenario(
     sample_every: float = 1.0,
     on_start: Callable[[Any], None] | None = None,
     tokens: bool = True,
+    engine: bool = False,
 ) -> Trace:
     """Run ``scenario`` once under ``policy``; requests still running at the end are dropped.
 
     ``on_start`` gets the running scheduler (tests use it to watch admission).
     ``tokens=False`` hides the servers' KV budgets from lmgate (admission by
-    request count alone).
+    request count alone); ``engine=True`` lets lmgate read the servers'
+    own metrics, as ``Endpoint(engine_metrics=True)`` does on a real one.
     """
     from lmgate.scheduler._scheduler import Scheduler
 
     servers = scenario.build_servers()
     health = sim_health(servers)
     extra: dict[str, Any] = {} if tokens else {"kv_tokens": None}
-    endpoints = [server.endpoint(health=health, **extra) for server in servers.values()]
+    endpoints = [
+        server.endpoint(health=health, **extra, **({"metrics": server.metrics} if engine else {}))
+        for server in servers.values()
+    ]
     every = (*scenario.servers, *scenario.engines)
     models = {config.name: config.model for config in every}
     only = every[0].model
@@ -223,6 +228,7 @@ def run_virtual(
     seed: int = 0,
     on_start: Callable[[Any], None] | None = None,
     tokens: bool = True,
+    engine: bool = False,
 ) -> Trace:
     """:func:`run_scenario` under trio's mock clock, from a blocking caller.
 
@@ -240,7 +246,13 @@ def run_virtual(
 
     async def main() -> Trace:
         return await run_scenario(
-            scenario, policy, name=name, throttle=throttle, on_start=on_start, tokens=tokens
+            scenario,
+            policy,
+            name=name,
+            throttle=throttle,
+            on_start=on_start,
+            tokens=tokens,
+            engine=engine,
         )
 
     return trio.run(main, clock=clock)

@@ -51,6 +51,8 @@ POLICIES: Final[dict[str, LimitPolicy]] = {
     "vegas": Vegas(),
     "gradient2": Gradient2(),
     "lmgate": Adaptive(),
+    # The same, reading the simulated servers' /metrics as engine_metrics=True does.
+    "lmgate-metrics": Adaptive(),
 }
 SHOWN_FIXED: Final = (4, 8, 16, 32)
 COARSE: Final = (2, 4, 8, 12, 16, 20, 24, 32, 48)
@@ -61,7 +63,8 @@ PLOTTED: Final = ("none", "oracle", "aimd", "vegas", "gradient2", "lmgate")
 
 
 def _one(scenario: Scenario, policy: str, config: LimitPolicy, seed: int) -> Result:
-    trace = run_virtual(scenario, config, name=policy, seed=seed)
+    engine = policy.endswith("-metrics")
+    trace = run_virtual(scenario, config, name=policy, seed=seed, engine=engine)
     return Result(metrics=measure(trace, scenario), timeline=timeline_of(trace))
 
 
@@ -242,9 +245,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--policies",
-        default="none,fixed,oracle,bare,aimd,vegas,gradient2,lmgate",
+        default="none,fixed,oracle,bare,aimd,vegas,gradient2,lmgate,lmgate-metrics",
         help="comma-separated: none, fixed, oracle, bare (a CapacityLimiter at the oracle's"
-        " limit that sheds past twice it waiting), aimd, vegas, gradient2, lmgate, sweep",
+        " limit that sheds past twice it waiting), aimd, vegas, gradient2, lmgate,"
+        " lmgate-metrics (reading the servers' own metrics), sweep",
     )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the event-loop shuffle")

@@ -150,8 +150,11 @@ class EndpointConfig(
     api_key_env: str | None = None
     context_window: int | None = None
     context_windows: dict[str, int] = {}
+    kv_tokens: int | None = None
     limit: LimitConfig | None = None
     probe: bool = True
+    server_view: bool | None = None
+    engine_metrics: bool | None = None
     ports: list[int] = []
     warmup: bool = False
     connect_timeout: float = 5.0

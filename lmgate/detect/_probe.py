@@ -12,6 +12,7 @@ entry when the endpoint fails, so the next probe looks again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from typing import cast, final
@@ -360,6 +361,9 @@ def _build(
         kv, kv_source = facts.slots * facts.server_window, "props"
     elif kind == "vllm" and facts.kv_tokens:
         kv, kv_source = facts.kv_tokens, "metrics"
+    elif kind == "ollama" and facts.loaded_windows and (parallel := _ollama_parallel(local)):
+        # Each of Ollama's parallel slots holds the loaded model's whole context.
+        kv, kv_source = max(facts.loaded_windows.values()) * parallel, "api/ps"
     return ServerInfo(
         url=url,
         kind=kind,
@@ -381,3 +385,13 @@ def _build(
         evidence=tuple(evidence),
         error=None if reachable else (errors[0] if errors else "no answer"),
     )
+
+
+def _ollama_parallel(local: bool | None) -> int | None:
+    """``OLLAMA_NUM_PARALLEL`` where it can be known: a server on this machine,
+    started from this environment.  Ollama's API does not say it, and a guess
+    too low would hold admission to fewer requests than the server runs."""
+    if not local:
+        return None
+    value = os.environ.get("OLLAMA_NUM_PARALLEL", "")
+    return int(value) if value.isdigit() and 0 < int(value) <= 1024 else None

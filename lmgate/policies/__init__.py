@@ -36,6 +36,7 @@ from lmgate.policies._classify import (
     parse_retry_after,
 )
 from lmgate.policies._default import default_limit
+from lmgate.policies._engine import EngineAware, EngineReading
 from lmgate.policies._gradient2 import Gradient2, Gradient2State
 from lmgate.policies._health import (
     HealthSchedule,
@@ -93,6 +94,8 @@ __all__ = [
     "ColdVerdict",
     "Compress",
     "ContextStrategy",
+    "EngineAware",
+    "EngineReading",
     "Fixed",
     "FixedState",
     "Gradient2",

@@ -90,6 +90,20 @@ and only from requests granted ``settle`` request-durations after the last
 change: a new limit takes about one request's time to reach its steady
 state, and the first requests to finish are those that saw least of it.
 
+*The server's own metrics*, where it publishes them
+(``Endpoint(engine_metrics=True)``; see ``lmgate.policies._engine``),
+say what latency can only suggest.  A window in which the server kept
+requests waiting in every reading, with a cache that was not full, means
+the batch is full: a held limit drops by the requests that stood waiting,
+and an up-step under such a queue is never kept.  A window in which it
+kept none waiting (fewer than half of the readings caught a request
+between two steps) has no hard knee inside it, so a startup doubling is
+kept while its elasticity is under ``elasticity`` rather than half of it,
+and a barely cheap one does not end startup.  A doubling under which the
+server preempts or queues is undone at the reading that shows it,
+without waiting out the window, and the doubling is then searched by
+halves.  Without metrics, all of this is simply never triggered.
+
 Between probes the limit does not move at all, which is the hysteresis;
 wrapping this policy in :class:`~lmgate.policies.Hysteresis` is not needed
 and would hold back the steps it measures.

@@ -12,6 +12,7 @@ from collections import deque
 from typing import Final, final
 
 from lmgate.policies._adaptive_settings import AdaptiveSettings
+from lmgate.policies._engine import NO_FACTS, EngineFacts, EngineReading, EngineWindow
 from lmgate.policies._limit import LimitStatistics
 from lmgate.policies._sample import Sample
 from lmgate.policies._windows import (
@@ -33,6 +34,11 @@ _NAN: Final = math.nan
 _TIMEOUT_SPAN: Final = 32
 #: How much more elasticity a down-step must show than an up-step, unless configured.
 _DOWN_MARGIN: Final = 0.15
+#: What ``statistics()`` counts.
+_COUNTS: Final = (
+    *("samples", "drops", "windows", "cuts", "shifts", "probes", "kept", "aborted"),
+    *("server_queue_cuts", "engine_refusals", "readings"),
+)
 
 
 @final
@@ -47,7 +53,9 @@ class AdaptiveState:
         "_counts",
         "_cut_epoch",
         "_direction",
+        "_engine",
         "_epoch",
+        "_facts",
         "_limit",
         "_next_probe",
         "_now",
@@ -73,7 +81,7 @@ class AdaptiveState:
         self._rng = random.Random(config.seed)
         self._limit = config.initial_limit
         self._probe_level = 0  # the step being measured; 0 while holding
-        self._pending: tuple[int, list[Reading], Profile] | None = None
+        self._pending: tuple[int, list[Reading], Profile, EngineFacts] | None = None
         self._direction = 1
         self._step = 1
         self._run = 0  # steps kept in a row in the current direction
@@ -96,9 +104,9 @@ class AdaptiveState:
         # only when a window closes or restarts, as ``_obs`` is emptied)
         self._obs_spread = Spread()
         self._recent: deque[bool] = deque(maxlen=_TIMEOUT_SPAN)  # True: a timeout
-        self._counts = dict.fromkeys(
-            ("samples", "drops", "windows", "cuts", "shifts", "probes", "kept", "aborted"), 0
-        )
+        self._engine = EngineWindow()  # the server's own readings in this window
+        self._facts = NO_FACTS  # what they said over the step being decided
+        self._counts = dict.fromkeys(_COUNTS, 0)
 
     @property
     def limit(self) -> int:
@@ -136,6 +144,28 @@ class AdaptiveState:
         self._maybe_close(now)  # closes at max_window_samples at the latest
         return self.limit
 
+    def observe_engine(self, reading: EngineReading, now: float) -> int:
+        """One reading of the server's metrics, folded into the window it falls in."""
+        self._clock(now)
+        self._counts["readings"] += 1
+        engine = self._engine
+        engine.add(reading, in_window=reading.at >= self._window_start)
+        # A doubling (or a step searching one) under which the server
+        # preempts or queues is past its knee: no need to measure the
+        # overshoot for a whole window.
+        wide = self._startup or self._bisecting
+        if wide and self._probe_level > self._limit and (engine.preempted or engine.standing_queue):
+            self._counts["engine_refusals"] += 1
+            if self._startup:
+                self._doubling_failed(self._probe_level, True, now)
+            elif self._step > 1:
+                self._step //= 2
+                self._probe_level = 0
+                self._probe(now)
+            else:
+                self._end_run(now)
+        return self.limit
+
     def tick(self, now: float) -> int:
         now = self._clock(now)
         probing = self._probe_level or self._pending is not None
@@ -147,16 +177,12 @@ class AdaptiveState:
     # -- windows -------------------------------------------------------------
 
     def _restart(self, now: float) -> None:
-        """Start a window for samples granted once the new limit has settled.
-
-        After a change the server takes about one request's duration to
-        reach its new steady state (a queue fills, a batch grows), and the
-        first requests to finish are the ones that saw the least of it.
-        """
+        """Start a window for samples granted once the new limit has settled (``settle``)."""
         config, known = self._config, self._before or self._ref
         settle = config.settle * known.duration if known is not None else 0.0
         self._epoch = self._window_start = now + min(settle, config.probe_timeout)
         self._obs, self._obs_spread = [], Spread()
+        self._engine.clear()
 
     def _maybe_close(self, now: float) -> None:
         config = self._config
@@ -168,25 +194,19 @@ class AdaptiveState:
             return
         self._counts["windows"] += 1
         profile = profile_of(obs)
+        facts = self._engine.facts()
         self._obs, self._obs_spread = [], Spread()
+        self._engine.clear()
         self._window_start = now
         if self._probe_level:
-            self._measured(obs, profile, now)
+            self._measured(obs, profile, facts, now)
         elif self._pending is not None:
             self._judge(obs, profile, now)
         else:
-            self._steady(obs, profile, now)
+            self._steady(obs, profile, facts, now)
 
     def _precise(self) -> bool:
-        """Whether a window that decides a step knows its latency well enough.
-
-        A step of one slot in sixteen moves latency by a few per cent, while
-        requests of one server can differ by tens of per cent after their
-        sizes are allowed for: a fixed sample count that suffices on a quiet
-        server decides by chance on a noisy one.  So a window that feeds a
-        decision stays open until the standard error of the elasticity it
-        measures is under ``precision`` (or ``max_window_samples``).
-        """
+        """Whether a window that decides a step knows its elasticity within ``precision``."""
         pending, before = self._pending, self._before
         level = self._probe_level or (pending[0] if pending is not None else 0)
         if not level or before is None:
@@ -196,9 +216,15 @@ class AdaptiveState:
 
     # -- decisions -----------------------------------------------------------
 
-    def _steady(self, obs: list[Reading], profile: Profile, now: float) -> None:
+    def _steady(self, obs: list[Reading], profile: Profile, facts: EngineFacts, now: float) -> None:
         config = self._config
         ref = self._ref
+        # Of the requests the server kept waiting, ours are at most those in
+        # excess of what it runs (others may share it).
+        ours = min(facts.standing_queue, round(profile.in_flight) - facts.running)
+        if ours > 0 and not facts.cache_full and self._limit > config.min_limit:
+            self._server_queues(ours, now)
+            return
         if ref is None:
             self._ref = self._before = profile
         elif profile.in_flight < ref.in_flight * (1.0 - config.probe_step):
@@ -258,17 +284,20 @@ class AdaptiveState:
         self._probe_level = level
         self._restart(now)
 
-    def _measured(self, obs: list[Reading], profile: Profile, now: float) -> None:
+    def _measured(
+        self, obs: list[Reading], profile: Profile, facts: EngineFacts, now: float
+    ) -> None:
         """A step's window is in: judge it, or first measure the way back."""
         level, before = self._probe_level, self._before
         if before is None:
             self._abort(now)
         elif self._startup or self._run or self._urgent:
+            self._facts = facts
             self._decide(level, latency_ratio(obs, before), before.peak, profile, now)
         else:
             # The first step of a routine run is bracketed by a window at the
             # held limit before and after it, so a drift in latency cancels.
-            self._pending = (level, obs, profile)
+            self._pending = (level, obs, profile, facts)
             self._probe_level = 0
             self._restart(now)
 
@@ -277,7 +306,7 @@ class AdaptiveState:
         self._pending = None
         if pending is None or before is None or self._shifted(latency_ratio(back, before), now):
             return
-        level, obs, profile = pending
+        level, obs, profile, self._facts = pending
         first, second = latency_ratio(obs, before), latency_ratio(obs, after)
         base = math.sqrt(before.peak * after.peak)
         self._before = after
@@ -311,9 +340,16 @@ class AdaptiveState:
         if down is None:
             down = config.elasticity + _DOWN_MARGIN
         # A doubling is judged on the average over a wide span, which hides
-        # a hard knee inside it: keep one only while it is clearly cheap.
-        keep_up = config.elasticity / 2 if self._startup else config.elasticity
-        if elasticity < keep_up if up else elasticity > down:
+        # a hard knee inside it: keep one only while it is clearly cheap --
+        # unless the server itself showed no queue and a cache with room
+        # all along, so that there was no hard knee to hide.
+        facts = self._facts
+        room = facts.room
+        keep_up = config.elasticity / 2 if self._startup and not room else config.elasticity
+        # A server that queued or preempted under the step is past its knee
+        # there, whatever latency says.
+        keep = not (facts.standing_queue and not facts.cache_full) and elasticity < keep_up
+        if keep if up else elasticity > down:
             self._counts["kept"] += 1
             reached = int(profile.peak)
             self._limit = max(self._limit + 1, min(level, reached)) if up else level
@@ -322,7 +358,7 @@ class AdaptiveState:
             self._run += 1
             if self._bisecting:
                 self._step //= 2
-            elif up and elasticity >= config.elasticity / 3:
+            elif up and elasticity >= config.elasticity / 3 and not room:
                 # Batching is getting dearer: a knee is near, so go on in
                 # routine steps rather than double past it.
                 self._startup = False
@@ -333,14 +369,10 @@ class AdaptiveState:
         elif self._startup and up:
             # Past the knee already (latency grew with the load): undo an
             # overshoot of the last doubling.  Below it (the knee lies
-            # within the doubling): search the doubling by halves.
-            self._startup = False
-            below = elasticity < config.elasticity
-            self._hold(now, 1 if below else -1)
-            if below:
-                self._climb = max(1, (level - self._limit) // 2)
-            self._next_probe = now
-            self._urgent = True
+            # within the doubling), or where the server showed itself
+            # filling up (a queue, a full cache): search it by halves.
+            below = elasticity < config.elasticity or facts.standing_queue or facts.cache_full
+            self._doubling_failed(level, bool(below), now)
         elif self._turn and not self._run:
             # After a shift the first step failed: the knee may have moved
             # the other way, so try that way at once rather than a probe later.
@@ -357,18 +389,21 @@ class AdaptiveState:
         else:
             self._end_run(now)
 
+    def _doubling_failed(self, level: int, below: bool, now: float) -> None:
+        self._startup = False
+        self._hold(now, 1 if below else -1)
+        if below:
+            self._climb = max(1, (level - self._limit) // 2)
+        self._next_probe = now
+        self._urgent = True
+
     def _end_run(self, now: float) -> None:
         self._startup = self._turn = False
         self._hold(now, -self._direction)
-        # A down-step costs throughput while it is measured and a held limit
-        # a little past the knee costs only some queueing at the server, so
-        # the way down is looked at half as often as the way up.
+        # The way down is looked at half as often as the way up, and a long
+        # run is followed by a long pause (``probe_cv``): see the module doc.
         wait = 0.0
         if (start := self._run_start) is not None:
-            # Measuring a step of s slots moves a limit L by s/L for as long
-            # as the step takes, which on a slow server is minutes: space
-            # runs so probing adds at most ``probe_cv`` to the limit's
-            # coefficient of variation (a share (probe_cv L / s)^2 of the time).
             step = max(1, round(self._limit * self._config.probe_step))
             duty = min(1.0, (self._config.probe_cv * self._limit / step) ** 2)
             wait = (now - start) * (1.0 - duty) / duty
@@ -420,6 +455,16 @@ class AdaptiveState:
         self._hold(now, 1)
         self._schedule(now, 0.25)
 
+    def _server_queues(self, waiting: int, now: float) -> None:
+        """``waiting`` of ours stood queued at the server, where no priority orders them."""
+        config = self._config
+        self._limit = max(config.min_limit, self._limit - waiting)
+        self._counts["server_queue_cuts"] += 1
+        self._startup, self._climb = False, 0
+        self._ref = self._before = None
+        self._hold(now, 1)
+        self._schedule(now)
+
     def reset(self) -> None:
         """Forget every latency measured so far, keeping the limit in force.
 
@@ -433,6 +478,7 @@ class AdaptiveState:
         self._before = None
         self._ratio = _NAN
         self._obs, self._obs_spread = [], Spread()
+        self._engine.clear()
         self._recent.clear()
         self._urgent = True
         self._next_probe = -math.inf

@@ -19,6 +19,13 @@ anyway (an overload answer, preemptions in its metrics), ``fill`` -- the
 share of the budget admission may commit -- backs off multiplicatively and
 creeps back with each answer that completes, as AIMD does for a limit.
 
+Where the server publishes its metrics (``Endpoint(engine_metrics=True)``),
+its own figures steer ``fill``: a preemption since the last reading backs
+it off like an overload answer, and a cache the server shows under
+``target_usage`` while admission's charges already fill the budget lets
+``fill`` rise past 1 (to ``max_fill``) -- the charges overestimate, and
+the server's figure says by how much.
+
 One request always fits an empty budget if its own need does; a need
 larger than the whole budget can never run and is refused at submit.
 Pure and synchronous: admission calls it with no clock and no I/O.
@@ -31,6 +38,9 @@ from typing import final
 
 import msgspec
 
+from lmgate._validate import check_float, check_int
+from lmgate.policies._engine import FULL_CACHE, EngineReading
+
 __all__ = ["TokenBudget", "TokenBudgetStatistics", "TokenSettings"]
 
 
@@ -41,7 +51,10 @@ class TokenSettings(msgspec.Struct, frozen=True, kw_only=True):
     ``quantile`` of observed output lengths is a request's expected output;
     ``warmup`` answers are needed before it is used; ``history`` answers are
     remembered.  ``backoff`` multiplies ``fill`` on each sign of a full
-    cache, down to ``min_fill``; each completed answer adds ``recovery``.
+    cache, down to ``min_fill``; each completed answer adds ``recovery``
+    (up to 1).  With the server's metrics, a reading of its cache under
+    ``target_usage`` while the budget is committed raises ``fill`` by
+    ``overcommit`` (up to ``max_fill``).
     """
 
     quantile: float = 0.9
@@ -50,6 +63,22 @@ class TokenSettings(msgspec.Struct, frozen=True, kw_only=True):
     backoff: float = 0.85
     min_fill: float = 0.5
     recovery: float = 0.005
+    preempt_backoff: float = 0.95
+    target_usage: float = 0.8
+    overcommit: float = 0.02
+    max_fill: float = 1.5
+
+    def __post_init__(self) -> None:
+        check_float("quantile", self.quantile, low=0.0, high=1.0)
+        check_int("warmup", self.warmup, low=0, high=1_000_000)
+        check_int("history", self.history, low=1, high=1_000_000)
+        check_float("backoff", self.backoff, low=0.0, low_open=True, high=1.0)
+        check_float("min_fill", self.min_fill, low=0.0, low_open=True, high=1.0)
+        check_float("recovery", self.recovery, low=0.0, high=1.0)
+        check_float("preempt_backoff", self.preempt_backoff, low=0.0, low_open=True, high=1.0)
+        check_float("target_usage", self.target_usage, low=0.0, high=1.0)
+        check_float("overcommit", self.overcommit, low=0.0, high=1.0)
+        check_float("max_fill", self.max_fill, low=1.0, high=10.0)
 
 
 @final
@@ -82,6 +111,7 @@ class TokenBudget:
         "_dirty",
         "_expected",
         "_outputs",
+        "_preemptions",
         "_prompt_sum",
         "_prompts",
         "backoffs",
@@ -108,6 +138,7 @@ class TokenBudget:
         self._prompt_sum = 0
         self._expected: int | None = None
         self._dirty = 0
+        self._preemptions: int | None = None
 
     # -- pricing -----------------------------------------------------------------------
 
@@ -171,14 +202,37 @@ class TokenBudget:
                 self._prompt_sum -= prompts[0]
             prompts.append(prompt_tokens)
             self._prompt_sum += prompt_tokens
-        s = self.settings
-        self.fill = min(1.0, self.fill + s.recovery)
+        if self.fill < 1.0:
+            self.fill = min(1.0, self.fill + self.settings.recovery)
 
-    def full(self) -> None:
+    def full(self, backoff: float | None = None) -> None:
         """The server said its cache is full: commit less of the budget for a while."""
         s = self.settings
-        self.fill = max(s.min_fill, self.fill * s.backoff)
+        self.fill = max(s.min_fill, self.fill * (s.backoff if backoff is None else backoff))
         self.backoffs += 1
+
+    def engine(self, reading: EngineReading) -> None:
+        """The server's own metrics: preemptions back off, an emptier cache than
+        charged lets admission commit more."""
+        total, last = reading.preemptions, self._preemptions
+        if total is not None:
+            self._preemptions = total
+            if last is not None and total > last:
+                self.full(self.settings.preempt_backoff)
+                return
+        usage, s = reading.kv_usage, self.settings
+        if usage is None:
+            return
+        waiting = reading.waiting or 0
+        if usage >= FULL_CACHE and waiting:
+            # The server holds requests back for want of cache: commit less.
+            self.fill = max(s.min_fill, self.fill - s.overcommit)
+        elif (
+            usage < s.target_usage
+            and not waiting
+            and self.in_flight >= 0.9 * self.budget * self.fill
+        ):
+            self.fill = min(s.max_fill, self.fill + s.overcommit)
 
     def resize(self, budget: int, source: str) -> None:
         """The server's own figure arrived (or changed)."""

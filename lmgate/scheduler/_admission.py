@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
+from functools import partial
 from typing import final
 
 import anyio
@@ -275,7 +276,11 @@ class Admission:
         duration = now - lease.granted_at
         if outcome == "success" or result == "deadline_exceeded":
             slot.durations.observe(duration)
-        held = (result == "cancelled" or result == "deadline_exceeded") and linger(slot, lease, now)
+        release = None
+        if lease._coordinated and self.on_release is not None:
+            release = partial(self.on_release, lease)
+        given_up = result == "cancelled" or result == "deadline_exceeded"
+        held = given_up and linger(slot, lease, now, release)
         if held:
             self.lingering.add(slot)  # its tokens stay charged until it ends
         if kv is not None:
@@ -291,8 +296,8 @@ class Admission:
             feed_back(slot, lease, duration, outcome, retry_after)
         if self.throttling is not None:
             self.throttling.record(slot, outcome, now)
-        if lease._coordinated and self.on_release is not None:
-            self.on_release(lease)
+        if release is not None and not held:
+            release()
         if count and lease._request is not None:
             lease._request.end(result, now, lease=lease, error=error)
         if self.queued and slot.routing == "up":

@@ -25,6 +25,7 @@ import anyio.abc
 
 from lmgate.actors._messages import (
     ControllerMessage,
+    EngineNews,
     LimitChanged,
     ServerBusy,
     StateChanged,
@@ -82,6 +83,9 @@ class AdmissionController:
                             admission.set_url(index, url)
                         case ServerBusy(endpoint=index, at=at, busy=busy, tasks=tasks):
                             admission.server_busy(index, busy, tasks, at, now)
+                        case EngineNews(endpoint=index, reading=reading):
+                            if (kv := admission.slots[index].kv) is not None:
+                                kv.engine(reading)
                     admission.dispatch(now)
                     continue
                 now = anyio.current_time()

@@ -36,7 +36,7 @@ servers stop the moment their caller leaves.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from lmgate.detect._locality import classify_url
 from lmgate.scheduler._lease import Lease
@@ -82,13 +82,19 @@ def linger_for(slot: EndpointSlot, lease: Lease, now: float) -> float:
     return min(LINGER_MAX, max(STREAM_NOTICE, lease.granted_at + typical - now))
 
 
-def linger(slot: EndpointSlot, lease: Lease, now: float) -> bool:
-    """Keep a given-up call's place if its server may still run it; True if kept."""
+def linger(
+    slot: EndpointSlot, lease: Lease, now: float, release: Callable[[], None] | None = None
+) -> bool:
+    """Keep a given-up call's place if its server may still run it; True if kept.
+
+    ``release`` gives back its cross-process slot when it ends: the other
+    processes must not count on room the server has not given back either.
+    """
     hold = linger_for(slot, lease, now)
     if hold <= 0.0:
         return False
     slot.held += 1
-    slot.lingering.append(Lingering(now, now + hold, lease._charge))
+    slot.lingering.append(Lingering(now, now + hold, lease._charge, release))
     return True
 
 
@@ -152,3 +158,5 @@ def _end(slot: EndpointSlot, entry: Lingering) -> None:
     slot.held -= 1
     if slot.kv is not None:
         slot.kv.give(entry.charge)
+    if entry.release is not None:
+        entry.release()

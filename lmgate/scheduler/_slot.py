@@ -41,12 +41,16 @@ class Queued(Protocol):
 class Lingering:
     """A released call the server may still be running."""
 
-    __slots__ = ("at", "charge", "tasks", "until")
+    __slots__ = ("at", "charge", "release", "tasks", "until")
 
-    def __init__(self, at: float, until: float, charge: int) -> None:
+    def __init__(
+        self, at: float, until: float, charge: int, release: Callable[[], None] | None = None
+    ) -> None:
         self.at = at
         self.until = until
         self.charge = charge
+        #: Gives its cross-process slot back when it ends (None: not coordinated).
+        self.release = release
         #: The server's busy task ids this call can be (None: not read yet).
         self.tasks: frozenset[int] | None = None
 

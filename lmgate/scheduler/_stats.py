@@ -8,6 +8,7 @@ from typing import final
 import msgspec
 
 from lmgate.actors._endpoint import resilience_fields
+from lmgate.actors._engine_watch import EngineWatchStatistics
 from lmgate.actors._statistics import EndpointActorStatistics
 from lmgate.context._report import ContextStatistics
 from lmgate.observability._events import EventHubStatistics
@@ -77,6 +78,9 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     #: Calls given up by their callers that the server may still be running:
     #: they keep their place in the limit until it has stopped.
     lingering: int = 0
+    #: Reads of the server's own metrics and the latest reading
+    #: (``Endpoint(engine_metrics=True)``); None when they are not read.
+    engine: EngineWatchStatistics | None = None
 
 
 @final
@@ -152,6 +156,7 @@ def snapshot(
                 throttle=throttles.get(slot.endpoint.name),
                 tokens=slot.kv.statistics() if slot.kv is not None else None,
                 lingering=slot.held,
+                engine=a.engine if a else None,
                 **(resilience_fields(a) if a else {}),
             )
         )

@@ -28,6 +28,7 @@ from lmgate._errors import ContextOverflow, InvalidParameter, Overloaded
 from lmgate._validate import check_float, check_int
 from lmgate.sim._config import SimConfig, SimKVOverflow, SimResult, SimStatistics
 from lmgate.sim._engine import ACTIVE, DONE, QUEUED, Engine, Seq
+from lmgate.sim._metrics import metrics_text
 
 __all__ = ["SimLease", "SimServer"]
 
@@ -383,6 +384,25 @@ class SimServer:
             speed=0.0 if self._hung or self._crashed else self._capacity / self._slow,
             tokens_out=engine.tokens_out,
             restarts=self._restarts,
+        )
+
+    async def metrics(self) -> str:
+        """The server's ``/metrics`` text, in vLLM's names (it batches and
+        preempts as vLLM does); a crashed server refuses, a hung one never answers."""
+        await anyio.lowlevel.checkpoint()
+        if self._crashed:
+            raise ConnectionRefusedError(111, "connection refused")
+        if self._hung:
+            await anyio.sleep_forever()
+        engine = self._engine
+        now = anyio.current_time()
+        return metrics_text(
+            "vllm",
+            model=self.model,
+            running=len(engine.active),
+            waiting=len(engine.queue),
+            kv_usage=min(1.0, engine.kv_used(now) / engine.kv_budget),
+            preemptions=engine.preempted,
         )
 
     def _state(self, now: float) -> Any:

@@ -40,6 +40,7 @@ from lmgate._endpoint import Endpoint
 from lmgate._errors import ContextOverflow, Overloaded
 from lmgate._validate import check_float, check_int
 from lmgate.sim._dist import Dist
+from lmgate.sim._metrics import metrics_text
 
 __all__ = ["LlamaCppConfig", "OllamaConfig", "StepStatistics", "SteppedServer", "VLLMConfig"]
 
@@ -327,6 +328,28 @@ class SteppedServer:
             victim.kv = 0
             self._waiting.insert(0, victim)
         return decoding
+
+    async def metrics(self) -> str:
+        """The server's ``/metrics`` text, as vLLM or llama.cpp publish it.
+
+        Ollama publishes none: an empty text, which reads as no metrics.
+        """
+        await anyio.lowlevel.checkpoint()
+        cfg = self.config
+        if isinstance(cfg, OllamaConfig):
+            return ""
+        if isinstance(cfg, VLLMConfig):
+            used = sum(self._blocks(s.kv) for s in self._running) / cfg.kv_blocks
+        else:
+            used = sum(s.kv for s in self._running) / cfg.n_ctx
+        return metrics_text(
+            "vllm" if isinstance(cfg, VLLMConfig) else "llamacpp",
+            model=cfg.model,
+            running=len(self._running),
+            waiting=len(self._waiting),
+            kv_usage=used,
+            preemptions=self.preemptions,
+        )
 
     def statistics(self) -> StepStatistics:
         now = anyio.current_time()

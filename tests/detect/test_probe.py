@@ -350,3 +350,22 @@ async def test_invalid_url_is_refused(url: Any) -> None:
     with pytest.raises(InvalidParameter) as err:
         await probe(url)
     assert err.value.field == "url"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("parallel", [None, "4", "junk"])
+async def test_ollama_kv_budget_is_the_loaded_context_times_its_parallel_slots(
+    parallel: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ollama's API does not say OLLAMA_NUM_PARALLEL: only this environment can."""
+    if parallel is None:
+        monkeypatch.delenv("OLLAMA_NUM_PARALLEL", raising=False)
+    else:
+        monkeypatch.setenv("OLLAMA_NUM_PARALLEL", parallel)
+    async with _fixtures.client("ollama") as client:
+        info = await probe("http://127.0.0.1:11434", client=client)
+    loaded = info.context_windows["mistral:latest"]
+    if parallel == "4":
+        assert (info.kv_tokens, info.kv_source) == (4 * loaded, "api/ps")
+    else:
+        assert info.kv_tokens is None

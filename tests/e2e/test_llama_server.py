@@ -200,6 +200,16 @@ async def test_probed_endpoint_learns_the_server_and_keeps_to_its_slots(
     assert eps.peak_in_flight <= SLOTS
     assert peaks["llamacpp:requests_processing"] <= SLOTS
     assert peaks.get("llamacpp:requests_deferred", 0.0) == 0.0
+    # The server's own metrics reached the limit policy: read, parsed, counted.
+    assert eps.engine is not None
+    assert eps.engine.state != "off", eps.engine
+    assert eps.engine.reads >= 1
+    assert eps.engine.failures == 0
+    last = eps.engine.last
+    assert last is not None
+    assert last.running is not None
+    assert last.waiting is not None
+    assert eps.policy.detail["readings"] >= 1
     figures = {
         "probed_requests": n,
         "learned_in_seconds": round(learned_in, 3),

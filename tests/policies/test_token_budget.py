@@ -72,3 +72,44 @@ def test_statistics_and_repr() -> None:
     assert (s.budget, s.source, s.in_flight, s.observed) == (2048, "props", 300, 20)
     assert s.expected_output is not None
     assert "300/2048 tokens (props)" in repr(kv)
+
+
+def test_a_preemption_the_server_reports_backs_fill_off() -> None:
+    from lmgate.policies import EngineReading
+
+    kv = TokenBudget(10_000, "metrics", TokenSettings(preempt_backoff=0.5, min_fill=0.2))
+    kv.engine(EngineReading(at=0.0, preemptions=4))  # the first reading only sets the count
+    assert kv.fill == 1.0
+    kv.engine(EngineReading(at=1.0, preemptions=6))
+    assert kv.fill == 0.5
+    assert kv.backoffs == 1
+    kv.engine(EngineReading(at=2.0, preemptions=6))
+    assert kv.fill == 0.5
+
+
+def test_a_cache_emptier_than_charged_lets_admission_overcommit_up_to_max_fill() -> None:
+    from lmgate.policies import EngineReading
+
+    kv = TokenBudget(10_000, "metrics", TokenSettings(overcommit=0.1, max_fill=1.3))
+    low = EngineReading(at=0.0, kv_usage=0.4, waiting=0)
+    kv.engine(low)
+    assert kv.fill == 1.0  # the budget is not committed yet: nothing to learn
+    kv.take(9_500)
+    for _ in range(10):
+        kv.engine(low)
+        kv.take(int(kv.budget * kv.fill) - kv.in_flight)
+    assert kv.fill == 1.3
+    kv.observe(100, 50)  # a completed answer does not undo what the server said
+    assert kv.fill == 1.3
+    kv.engine(EngineReading(at=1.0, kv_usage=0.97, waiting=2))  # held back for cache
+    assert abs(kv.fill - 1.2) < 1e-9
+
+
+def test_settings_are_checked() -> None:
+    import pytest
+
+    from lmgate import InvalidParameter
+
+    for bad in ({"quantile": 1.5}, {"max_fill": 0.5}, {"preempt_backoff": 0.0}, {"warmup": -1}):
+        with pytest.raises(InvalidParameter):
+            TokenSettings(**bad)  # type: ignore[arg-type]

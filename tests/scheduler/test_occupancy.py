@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from lmgate import DeadlineExceeded, Endpoint, Lease, Scheduler
@@ -168,3 +169,30 @@ async def test_a_count_of_busy_requests_caps_the_lingering_calls() -> None:
         assert adm.slots[0].held == 1
         adm.server_busy(0, 0, None, t + 0.1, t)
         assert adm.slots[0].held == 0
+
+
+async def test_a_lingering_call_keeps_its_cross_process_slot_until_it_ends() -> None:
+    """The other processes must not count on room the server has not given back."""
+    ep = endpoint("a", "m", kind="llamacpp", limit=Fixed(1))
+    released: list[float] = []
+    async with Scheduler([ep]) as sched:
+        sched._admission.on_release = lambda lease: released.append(anyio.current_time())
+        for _ in range(10):
+            await sched.run(_work(2.0), model="m")
+        assert released == []  # not coordinated: nothing to give back
+
+        async def call(lease: Lease) -> None:
+            lease._coordinated = True
+            lease._sent = True
+            await anyio.sleep(math.inf)
+
+        with anyio.move_on_after(0.5):
+            await sched.run(call, model="m")
+        gave_up = anyio.current_time()
+        await anyio.lowlevel.checkpoint()
+        assert released == []
+        await anyio.sleep(3.0)
+        (st,) = sched.stats().endpoints
+    assert st.lingering == 0
+    assert len(released) == 1
+    assert 1.0 <= released[0] - gave_up <= 2.0  # when the server would have finished
