@@ -131,7 +131,8 @@ class EndpointActor:
         self._viewer: ServerViewReader | None = None
         #: Reads the server's metrics while it has traffic (``_engine_watch``).
         self._engine: EngineWatch | None = None
-        self._engine_aware = isinstance(limit, EngineAware)
+        #: The limit policy's reader of engine metrics, if it has one.
+        self._observe_engine = limit.observe_engine if isinstance(limit, EngineAware) else None
         self._published_limit = limit.limit
         self._routing: tuple[Routing, str, int | None] = ("up", "healthy", None)
         self._phase_since = -math.inf
@@ -250,10 +251,8 @@ class EndpointActor:
 
     async def _on_engine(self, reading: EngineReading, now: float) -> None:
         """The server's own figures: for the limit policy and the token budget."""
-        if self._engine_aware:
-            limit = self._limit
-            assert isinstance(limit, EngineAware)
-            await self._publish_limit(limit.observe_engine(reading, now), now)
+        if self._observe_engine is not None:
+            await self._publish_limit(self._observe_engine(reading, now), now)
         await self._controller.send(EngineNews(self.index, reading))
 
     async def _on_sample(self, sample: Sample, now: float) -> None:

@@ -371,8 +371,8 @@ class AdaptiveState:
             # overshoot of the last doubling.  Below it (the knee lies
             # within the doubling), or where the server showed itself
             # filling up (a queue, a full cache): search it by halves.
-            below = elasticity < config.elasticity or facts.standing_queue or facts.cache_full
-            self._doubling_failed(level, bool(below), now)
+            below = elasticity < config.elasticity or facts.standing_queue > 0 or facts.cache_full
+            self._doubling_failed(level, below, now)
         elif self._turn and not self._run:
             # After a shift the first step failed: the knee may have moved
             # the other way, so try that way at once rather than a probe later.
